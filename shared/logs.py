@@ -1,0 +1,148 @@
+"""Logging for every module: structlog and the standard library, one handler, stderr only.
+
+Why stderr: over stdio, stdout *is* the JSON-RPC wire, and a single stray log
+line there breaks the client. Why one handler: the SDK, uvicorn and httpx2 log
+through the standard library, our code through structlog; routing both
+through the same formatter gives one consistent stream an attendee can read
+(console) or a machine can parse (JSON).
+
+Call `configure_logging()` once, in `main()`, before serving. Constructing an
+`MCPServer` calls `logging.basicConfig()`, so this replaces the root handlers
+rather than adding to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import structlog
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from structlog.typing import EventDict, Processor
+
+from shared.config import LogFormat
+
+# Keys whose values are credentials whatever they hold.
+SENSITIVE_KEYS = frozenset({"authorization", "token", "access_token", "refresh_token", "api_key", "password", "secret"})
+# Credentials that slipped into free text, e.g. an exception message quoting a header.
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
+REDACTED = "[redacted]"
+
+
+def redact(value: Any) -> Any:
+    """Mask what looks like a credential; leave everything else as it is."""
+    if isinstance(value, str):
+        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+    if isinstance(value, Mapping):
+        return {k: REDACTED if str(k).lower() in SENSITIVE_KEYS else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    return value
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: no log line carries a raw token, whoever logged it."""
+    for key, value in list(event_dict.items()):
+        if key.lower() in SENSITIVE_KEYS and value is not None:
+            event_dict[key] = REDACTED
+        else:
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    # uvicorn attaches an ANSI-coloured duplicate of each message; keep the plain one.
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
+def _shared_processors() -> list[Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_color_message,
+        redact_secrets,
+    ]
+
+
+def _renderer(log_format: LogFormat, stream: TextIO) -> list[Processor]:
+    if log_format == "json":
+        # Tracebacks as structured data, without local variables: locals can hold tokens.
+        tracebacks = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        return [structlog.processors.ExceptionRenderer(tracebacks), structlog.processors.JSONRenderer()]
+    colors = stream.isatty()
+    return [structlog.dev.ConsoleRenderer(colors=colors, exception_formatter=structlog.dev.plain_traceback)]
+
+
+def configure_logging(level: str = "info", log_format: LogFormat | None = None, stream: TextIO | None = None) -> None:
+    """Send every log record of the process to `stream` (stderr) in one format.
+
+    `log_format=None` picks console on a terminal and JSON otherwise, so a
+    person gets readable lines and a log collector gets parseable ones.
+    """
+    stream = stream or sys.stderr
+    log_format = log_format or ("console" if stream.isatty() else "json")
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    shared = _shared_processors()
+
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_renderer(log_format, stream)],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric_level)
+    # uvicorn and the SDK install handlers of their own on some loggers; let them all reach ours.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "mcp"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # httpx2 logs every request at INFO: noise in a lesson, still there at DEBUG.
+    logging.getLogger("httpx2").setLevel(max(numeric_level, logging.WARNING))
+
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+
+
+
+async def log_requests(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """MCP middleware: one log line per request, with its outcome and duration.
+
+    It binds the JSON-RPC id and method to the logging context first, so any
+    line a tool logs while handling the request carries them too. Arguments
+    and results are not logged: they can hold personal data.
+    """
+    if ctx.request_id is None:  # a notification: no outcome to report
+        return await call_next(ctx)
+    about: dict[str, Any] = {"rpc_id": str(ctx.request_id), "method": ctx.method}
+    if ctx.method in ("tools/call", "prompts/get"):
+        about["name"] = (ctx.params or {}).get("name")
+    log = structlog.get_logger("mcp.requests")
+    started = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(**about):
+        try:
+            result = await call_next(ctx)
+        except Exception as exc:
+            # A protocol error (unknown method, invalid params): the SDK turns it into a JSON-RPC error.
+            log.warning("request failed", error=type(exc).__name__, ms=_elapsed_ms(started))
+            raise
+        is_error = isinstance(result, dict) and bool(result.get("isError"))
+        (log.warning if is_error else log.info)("request", outcome="tool_error" if is_error else "ok", ms=_elapsed_ms(started))
+        return result
+
+
+def _elapsed_ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

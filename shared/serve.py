@@ -1,0 +1,227 @@
+"""Serve an `MCPServer` over stdio or streamable HTTP, the same way in every module.
+
+`mcp.run()` would do for a demo; this runner adds what the workshop needs on
+top, each for a reason the SDK notes spell out:
+
+- Over HTTP, the app is built here (not by `mcp.run`) so that we can add a
+  health route, CORS for the browser MCP Inspector, a request id per request,
+  and a bounded shutdown grace period (uvicorn otherwise waits forever on an
+  in-flight tool call).
+- DNS-rebinding protection is always configured explicitly: the SDK switches
+  it *off* for any non-loopback host, including 0.0.0.0.
+- The listening socket is bound before uvicorn starts, so a taken port is one
+  clear error line and `--addr :0` can pick a free port (the tests use that).
+- Ctrl-C and SIGTERM stop the server and exit 0, over both transports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import re
+import signal
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import anyio
+import structlog
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Mount, Route
+
+from shared.config import Address, ServerConfig
+from shared.context import REQUEST_ID_HEADER, RequestContextMiddleware
+
+log = structlog.get_logger("shared.serve")
+
+MCP_PATH = "/mcp"
+LOOPBACK_HOST_PATTERNS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def mcp_url(addr: Address) -> str:
+    """The URL a client on this machine uses to reach the server's MCP endpoint."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)
+    return f"http://{Address(host, addr.port)}{MCP_PATH}"
+
+
+def transport_security(config: ServerConfig) -> TransportSecuritySettings:
+    """Which Host and Origin headers the MCP endpoint accepts.
+
+    A browser page on another site can reach a server on your loopback
+    interface through DNS rebinding; checking Host and Origin stops it.
+    Loopback names are always allowed, a specific bind address too, and
+    anything else only when listed with `--allowed-hosts`.
+    """
+    hosts = list(LOOPBACK_HOST_PATTERNS)
+    if not config.addr.is_loopback and config.addr.host not in WILDCARD_HOSTS:
+        hosts.append(f"{config.addr.host_literal}:*")
+    hosts.extend(config.allowed_hosts)
+    origins = [f"{scheme}://{host}" for host in hosts for scheme in ("http", "https")]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+def origin_regex(security: TransportSecuritySettings) -> str:
+    """CORS must admit exactly the origins the transport admits, or the browser and server disagree."""
+    patterns = [re.escape(origin.removesuffix(":*")) + (r"(:\d+)?" if origin.endswith(":*") else "") for origin in security.allowed_origins]
+    return "^(" + "|".join(patterns) + ")$"
+
+
+async def healthz(_request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def build_http_app(
+    mcp: MCPServer[Any],
+    config: ServerConfig,
+    *,
+    routes: Sequence[BaseRoute] = (),
+    middleware: Sequence[Middleware] = (),
+) -> Starlette:
+    """The Starlette app for one server start.
+
+    Build a new one per start: the SDK's session manager behind it can run
+    only once.
+    """
+    security = transport_security(config)
+    mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, host=config.addr.host)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # A mounted app's own lifespan never runs; without this every /mcp request is a 500.
+        async with mcp.session_manager.run():
+            yield
+
+    return Starlette(
+        routes=[Route("/healthz", healthz), *routes, Mount("/", app=mcp_app)],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origin_regex=origin_regex(security),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                # The browser hides response headers from page scripts unless told.
+                expose_headers=["Mcp-Session-Id", "Mcp-Protocol-Version", "WWW-Authenticate", REQUEST_ID_HEADER],
+            ),
+            Middleware(RequestContextMiddleware),
+            *middleware,
+        ],
+        lifespan=lifespan,
+    )
+
+
+def bind_socket(addr: Address) -> socket.socket:
+    """Bind (but do not yet serve) the listening socket; raises OSError if the port is taken."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr.host, addr.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn with two workshop tweaks: a log line when ready, and exit 0 on a signal.
+
+    Stock uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the
+    process dies with 130/143; for a server asked to stop, stopping is success.
+    """
+
+    def __init__(self, config: uvicorn.Config, url: str, grace: float) -> None:
+        super().__init__(config)
+        self.url = url
+        self.grace = grace
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            log.info("serving", transport="http", url=self.url)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        log.info("shutting down", grace_seconds=self.grace)
+        await super().shutdown(sockets)
+        log.info("stopped")
+
+
+def serve_http(app: Starlette, config: ServerConfig) -> None:
+    """Serve `app` until Ctrl-C or SIGTERM, then drain for at most the grace period."""
+    try:
+        sock = bind_socket(config.addr)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        sys.exit(f"{_prog()}: error: cannot listen on {config.addr}: {reason}")
+    addr = Address(config.addr.host, sock.getsockname()[1])
+    if addr.host in WILDCARD_HOSTS:
+        log.warning("listening on all interfaces: anyone who can reach this machine can call its tools", addr=str(addr))
+    uv_config = uvicorn.Config(
+        app,
+        log_config=None,  # keep our handler; uvicorn's loggers propagate to it
+        lifespan="on",
+        timeout_graceful_shutdown=config.grace_seconds,
+        server_header=False,
+    )
+    _Uvicorn(uv_config, mcp_url(addr), config.grace_seconds).run(sockets=[sock])
+
+
+def serve_stdio(mcp: MCPServer[Any]) -> None:
+    """Serve over stdin/stdout until the client closes stdin, Ctrl-C or SIGTERM."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        log.info("shutting down", signal=signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+
+            tg.start_soon(stop_on_signal)
+            log.info("serving", transport="stdio")
+            await mcp.run_stdio_async()
+            tg.cancel_scope.cancel()
+        log.info("stopped")
+
+    anyio.run(main)
+
+
+def serve(
+    mcp: MCPServer[Any],
+    config: ServerConfig,
+    *,
+    routes: Sequence[BaseRoute] = (),
+    middleware: Sequence[Middleware] = (),
+) -> None:
+    """Run `mcp` with the transport the config names. Blocks until the server stops."""
+    if config.transport == "stdio":
+        serve_stdio(mcp)
+    else:
+        serve_http(build_http_app(mcp, config, routes=routes, middleware=middleware), config)
+
+
+def _prog() -> str:
+    return sys.argv[0].rsplit("/", 1)[-1] or "server"

@@ -1,0 +1,214 @@
+"""Start the workshop's servers for real and point real clients at them.
+
+Every module's tests use these helpers:
+
+- `load_server(folder)` imports a module's `server.py` (folders such as
+  `01-basic-mcp` are not importable names, and every module's file is
+  `server.py`, so each gets a unique module name).
+- `ServerProcess` runs a module's `server.py` as a subprocess over HTTP on a
+  free port, waits until it logs that it is serving, and stops it by PID.
+- `stdio_params(folder)` describes the same server as a stdio subprocess for
+  the SDK `Client`.
+- `serve_app(app)` runs a Starlette app on uvicorn inside the test's event loop.
+- `inspector_cli(...)` and `conformance(...)` run the pinned npm peers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+import httpx2
+import uvicorn
+from mcp import StdioServerParameters
+from starlette.types import ASGIApp
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_BIN = REPO / "node_modules" / ".bin"
+# The SDK's own client defaults; a bare httpx2 client would time out after 5 s.
+HTTP_TIMEOUT = httpx2.Timeout(30, read=300)
+START_TIMEOUT = 20.0
+
+
+def load_server(folder: str) -> ModuleType:
+    """Import `<folder>/server.py` under a name of its own, once."""
+    name = "workshop_" + folder.replace("-", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / "server.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a server subprocess gets: ours, minus the common flags' variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def stdio_params(folder: str, *args: str, env: Mapping[str, str] | None = None) -> StdioServerParameters:
+    """A module's server as a stdio subprocess. The SDK passes only a few variables on, so name the rest."""
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[str(REPO / folder / "server.py"), "--log-format", "json", *args],
+        env={"PYTHONUNBUFFERED": "1", **(env or {})},
+        cwd=str(REPO),
+    )
+
+
+class ServerProcess:
+    """A module's `server.py` running over HTTP in a subprocess, on a port the OS picked.
+
+    The server is told `--addr 127.0.0.1:0 --log-format json`; its stderr is
+    read on a thread, so every line stays available to assertions (`logs`),
+    and the URL comes from its `serving` log event.
+    """
+
+    def __init__(self, folder: str, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.folder = folder
+        self.argv = [sys.executable, str(REPO / folder / "server.py"), "-t", "http", "--addr", "127.0.0.1:0"]
+        self.argv += ["--log-format", "json", *args]
+        self.env = server_env(env)
+        self.lines: list[str] = []
+        self.url = ""
+        self._ready = threading.Event()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            self.argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.folder} did not start:\n" + "\n".join(self.lines))
+        return self
+
+    def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            event = parse_json_line(line)
+            if event and event.get("event") == "serving" and "url" in event:
+                self.url = str(event["url"])
+                self._ready.set()
+
+    @property
+    def base_url(self) -> str:
+        return self.url.removesuffix("/mcp")
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log events the server wrote so far."""
+        return [e for e in map(parse_json_line, list(self.lines)) if e is not None]
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float = 20) -> int:
+        assert self.proc
+        code = self.proc.wait(timeout)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        return code
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it will not go; returns the exit code."""
+        if self.proc is None:
+            return None
+        self.signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def parse_json_line(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
+    """Serve an ASGI app on uvicorn in this event loop, on a free 127.0.0.1 port; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=2))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(START_TIMEOUT):
+                while not server.started:
+                    await anyio.sleep(0.01)
+            try:
+                yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+            finally:
+                server.should_exit = True
+    finally:
+        sock.close()
+
+
+def node_tool(name: str) -> list[str]:
+    """The command line of a pinned npm tool, run by the Node 22 the dev extras install."""
+    tool = NODE_BIN / name
+    node = Path(sys.executable).parent / "node"
+    if not tool.exists() or not node.exists():
+        raise RuntimeError(f"{tool} or {node} is missing: run `make test`, which installs them")
+    return [str(node), str(tool.resolve())]
+
+
+def run_node_tool(name: str, args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**server_env(), "NO_COLOR": "1", "CI": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [*node_tool(name), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def inspector_cli(*args: str, timeout: float = 120) -> Any:
+    """Run the MCP Inspector CLI; returns its JSON output, or fails with what it printed."""
+    result = run_node_tool("mcp-inspector", ["--cli", *args], timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"inspector exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return json.loads(result.stdout)
+
+
+def conformance(url: str, scenario: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run one server scenario of the official conformance suite against `url`."""
+    return run_node_tool("conformance", ["server", "--url", url, "--scenario", scenario], timeout=timeout)
