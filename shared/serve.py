@@ -40,6 +40,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from shared.config import Address, ServerConfig
 from shared.context import REQUEST_ID_HEADER, RequestContextMiddleware
+from shared.stdio import serve_stdio_async
 
 log = structlog.get_logger("shared.serve")
 
@@ -188,27 +189,6 @@ def serve_http(app: Starlette, config: ServerConfig) -> None:
     _Uvicorn(uv_config, mcp_url(addr), config.grace_seconds).run(sockets=[sock])
 
 
-def serve_stdio(mcp: MCPServer[Any]) -> None:
-    """Serve over stdin/stdout until the client closes stdin, Ctrl-C or SIGTERM."""
-
-    async def main() -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def stop_on_signal() -> None:
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for signum in signals:
-                        log.info("shutting down", signal=signal.Signals(signum).name)
-                        tg.cancel_scope.cancel()
-
-            tg.start_soon(stop_on_signal)
-            log.info("serving", transport="stdio")
-            await mcp.run_stdio_async()
-            tg.cancel_scope.cancel()
-        log.info("stopped")
-
-    anyio.run(main)
-
-
 def serve(
     mcp: MCPServer[Any],
     config: ServerConfig,
@@ -218,7 +198,7 @@ def serve(
 ) -> None:
     """Run `mcp` with the transport the config names. Blocks until the server stops."""
     if config.transport == "stdio":
-        serve_stdio(mcp)
+        anyio.run(serve_stdio_async, mcp, config.grace_seconds)
     else:
         serve_http(build_http_app(mcp, config, routes=routes, middleware=middleware), config)
 

@@ -91,13 +91,15 @@ class ServerProcess:
         self.url = ""
         self._ready = threading.Event()
         self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
 
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
             self.argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        threading.Thread(target=self._read_stderr, daemon=True).start()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + START_TIMEOUT
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -134,8 +136,11 @@ class ServerProcess:
     def wait(self, timeout: float = 20) -> int:
         assert self.proc
         code = self.proc.wait(timeout)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        if self._reader:
+            self._reader.join(timeout=5)  # reads to EOF, so every last log line is kept
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
         return code
 
     def stop(self) -> int | None:

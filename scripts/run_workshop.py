@@ -1,0 +1,125 @@
+"""Start every workshop module over HTTP on 127.0.0.1 and say how to connect to them.
+
+This is what `make run` runs. Each module is its own process (its own
+`server.py -t http`), exactly as you would start it by hand; this script only
+starts them, waits until each answers, prints where they are, and on Ctrl-C
+stops them all and waits for them to finish their in-flight calls.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx2
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Module:
+    folder: str
+    port: int
+    summary: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+# Each module joins the stack as it lands.
+STACK = [
+    Module("01-basic-mcp", 8081, "tools, a resource and a prompt"),
+]
+
+
+def start(module: Module) -> subprocess.Popen[bytes]:
+    # A session of its own, so Ctrl-C reaches only this script, which then stops each server once.
+    command = [sys.executable, str(REPO / module.folder / "server.py"), "-t", "http", "--addr", f":{module.port}"]
+    return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_ready(module: Module, process: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            if httpx2.get(f"http://127.0.0.1:{module.port}/healthz", timeout=1).status_code == 200:
+                return True
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait()
+
+
+def banner() -> str:
+    width = max(len(m.folder) for m in STACK)
+    rows = "\n".join(f"  {m.folder:<{width}}  {m.url:<28}  {m.summary}" for m in STACK)
+    first = STACK[0].url
+    return f"""
+The MCP workshop is running. Connect MCP Inspector with transport "Streamable HTTP" to a URL below.
+
+{rows}
+
+  Inspector in the browser:  make inspector   (in a second terminal; it prints the page to open)
+  Inspector on the command line:
+    .venv/bin/node node_modules/.bin/mcp-inspector --cli {first} --method tools/list
+
+Server logs follow on stderr. Press Ctrl-C to stop everything.
+"""
+
+
+def main() -> int:
+    stopping = False
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    processes: list[subprocess.Popen[bytes]] = []
+    for module in STACK:
+        process = start(module)
+        processes.append(process)
+        if not wait_ready(module, process):
+            print(f"run_workshop: {module.folder} did not start (see its log above)", file=sys.stderr)
+            stop(processes)
+            return 1
+    print(banner(), flush=True)
+
+    while not stopping:
+        for module, process in zip(STACK, processes, strict=True):
+            if process.poll() is not None:
+                print(f"run_workshop: {module.folder} exited with {process.returncode}; stopping", file=sys.stderr)
+                stop(processes)
+                return 1
+        time.sleep(0.2)
+    print("run_workshop: stopping all servers", file=sys.stderr, flush=True)
+    stop(processes)
+    failed = [m.folder for m, p in zip(STACK, processes, strict=True) if p.returncode != 0]
+    if failed:
+        print(f"run_workshop: did not stop cleanly: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.chdir(REPO)
+    sys.exit(main())
