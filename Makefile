@@ -23,6 +23,7 @@ check: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	for module in 0*-*/; do $(BIN)/mypy "$$module" || exit 1; done
 
 install: $(VENV)/.installed node_modules/.installed
 

@@ -1,7 +1,7 @@
 """01-basic-mcp: a minimal MCP server with all three primitives.
 
-    .venv/bin/python 01-basic-mcp/server.py              # stdio, as desktop clients launch it
-    .venv/bin/python 01-basic-mcp/server.py -t http      # streamable HTTP on http://127.0.0.1:8081/mcp
+.venv/bin/python 01-basic-mcp/server.py              # stdio, as desktop clients launch it
+.venv/bin/python 01-basic-mcp/server.py -t http      # streamable HTTP on http://127.0.0.1:8081/mcp
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def about() -> str:
 @mcp.prompt()
 def explain_tool(tool_name: str) -> str:
     """Ask the model to explain one of this server's tools and show an example call."""
-    return f"Explain what the `{tool_name}` tool of the basic-mcp server does, then show one example call and its result."
+    return (
+        f"Explain what the `{tool_name}` tool of the basic-mcp server does, then show one example call and its result."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

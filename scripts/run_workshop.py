@@ -8,6 +8,7 @@ stops them all and waits for them to finish their in-flight calls.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -28,6 +29,9 @@ class Module:
     folder: str
     port: int
     summary: str
+
+    def moved(self, offset: int) -> Module:
+        return Module(self.folder, self.port + offset, self.summary)
 
     @property
     def url(self) -> str:
@@ -68,10 +72,10 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
         process.wait()
 
 
-def banner() -> str:
-    width = max(len(m.folder) for m in STACK)
-    rows = "\n".join(f"  {m.folder:<{width}}  {m.url:<28}  {m.summary}" for m in STACK)
-    first = STACK[0].url
+def banner(stack: list[Module]) -> str:
+    width = max(len(m.folder) for m in stack)
+    rows = "\n".join(f"  {m.folder:<{width}}  {m.url:<28}  {m.summary}" for m in stack)
+    first = stack[0].url
     return f"""
 The MCP workshop is running. Connect MCP Inspector with transport "Streamable HTTP" to a URL below.
 
@@ -86,6 +90,9 @@ Server logs follow on stderr. Press Ctrl-C to stop everything.
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port-offset", type=int, default=0, help="add this to every default port, if they are taken")
+    stack = [module.moved(parser.parse_args().port_offset) for module in STACK]
     stopping = False
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -96,17 +103,17 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     processes: list[subprocess.Popen[bytes]] = []
-    for module in STACK:
+    for module in stack:
         process = start(module)
         processes.append(process)
         if not wait_ready(module, process):
             print(f"run_workshop: {module.folder} did not start (see its log above)", file=sys.stderr)
             stop(processes)
             return 1
-    print(banner(), flush=True)
+    print(banner(stack), flush=True)
 
     while not stopping:
-        for module, process in zip(STACK, processes, strict=True):
+        for module, process in zip(stack, processes, strict=True):
             if process.poll() is not None:
                 print(f"run_workshop: {module.folder} exited with {process.returncode}; stopping", file=sys.stderr)
                 stop(processes)
@@ -114,7 +121,7 @@ def main() -> int:
         time.sleep(0.2)
     print("run_workshop: stopping all servers", file=sys.stderr, flush=True)
     stop(processes)
-    failed = [m.folder for m, p in zip(STACK, processes, strict=True) if p.returncode != 0]
+    failed = [m.folder for m, p in zip(stack, processes, strict=True) if p.returncode != 0]
     if failed:
         print(f"run_workshop: did not stop cleanly: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

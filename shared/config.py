@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NoReturn, cast
+from typing import Literal, NoReturn
 
 Transport = Literal["stdio", "http"]
 LogFormat = Literal["console", "json"]
@@ -24,7 +24,7 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_GRACE_SECONDS = 10
 
 # Environment twins of the common flags.
 ENV_TRANSPORT = "MCP_TRANSPORT"
@@ -63,7 +63,7 @@ class ServerConfig:
     addr: Address = Address(DEFAULT_HOST, 8000)
     log_level: str = "info"
     log_format: LogFormat | None = None  # None: console on a terminal, JSON otherwise
-    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    grace_seconds: int = DEFAULT_GRACE_SECONDS
     allowed_hosts: tuple[str, ...] = field(default=())
 
 
@@ -82,17 +82,16 @@ def parse_addr(value: str, default_port: int) -> Address:
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise ConfigError(f"invalid address {value!r}: expected [IPv6]:PORT")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"invalid address {value!r}: {host!r} is not an IPv6 address") from None
         port_text = rest[1:]
     elif text.count(":") > 1:
         raise ConfigError(f"invalid address {value!r}: write IPv6 hosts in brackets, e.g. [::1]:{default_port}")
     else:
         host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
     host = host or DEFAULT_HOST
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(f"invalid address {value!r}: {host!r} is not an IPv6 address") from None
     if not port_text:
         return Address(host, default_port)
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -125,7 +124,8 @@ def build_parser(description: str | None, default_port: int, prog: str | None = 
     parser.add_argument(
         "--addr",
         default=env(ENV_ADDR, f":{default_port}"),
-        help=f"HOST:PORT to listen on over http; ':PORT' means 127.0.0.1 (default: 127.0.0.1:{default_port}; env {ENV_ADDR})",
+        help=f"HOST:PORT to listen on over http; ':PORT' means 127.0.0.1 "
+        f"(default: 127.0.0.1:{default_port}; env {ENV_ADDR})",
     )
     parser.add_argument(
         "--log-level",
@@ -163,18 +163,16 @@ def config_from_args(args: argparse.Namespace, default_port: int) -> ServerConfi
     log_format = str(args.log_format).lower() if args.log_format else None
     if log_format is not None and log_format not in LOG_FORMATS:
         raise ConfigError(f"invalid log format {args.log_format!r}: expected console or json")
-    try:
-        grace = float(args.shutdown_grace)
-    except ValueError:
-        grace = -1.0
-    if not grace >= 0:
-        raise ConfigError(f"invalid shutdown grace {args.shutdown_grace!r}: expected a number of seconds >= 0")
+    grace_text = str(args.shutdown_grace).strip()
+    if not grace_text.isdigit():
+        raise ConfigError(f"invalid shutdown grace {args.shutdown_grace!r}: expected a whole number of seconds")
+    grace = int(grace_text)
     hosts = tuple(h.strip() for h in str(args.allowed_hosts).split(",") if h.strip())
     return ServerConfig(
-        transport=cast(Transport, transport),
+        transport=transport,
         addr=parse_addr(str(args.addr), default_port),
         log_level=level,
-        log_format=cast(LogFormat | None, log_format),
+        log_format=log_format,
         grace_seconds=grace,
         allowed_hosts=hosts,
     )

@@ -117,7 +117,6 @@ def configure_logging(level: str = "info", log_format: LogFormat | None = None, 
     )
 
 
-
 async def log_requests(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
     """MCP middleware: one log line per request, with its outcome and duration.
 
@@ -140,7 +139,9 @@ async def log_requests(ctx: ServerRequestContext[Any, Any], call_next: CallNext)
             log.warning("request failed", error=type(exc).__name__, ms=_elapsed_ms(started))
             raise
         is_error = isinstance(result, dict) and bool(result.get("isError"))
-        (log.warning if is_error else log.info)("request", outcome="tool_error" if is_error else "ok", ms=_elapsed_ms(started))
+        (log.warning if is_error else log.info)(
+            "request", outcome="tool_error" if is_error else "ok", ms=_elapsed_ms(started)
+        )
         return result
 
 

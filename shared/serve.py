@@ -46,12 +46,12 @@ log = structlog.get_logger("shared.serve")
 
 MCP_PATH = "/mcp"
 LOOPBACK_HOST_PATTERNS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names to warn about, not to bind
 
 
 def mcp_url(addr: Address) -> str:
     """The URL a client on this machine uses to reach the server's MCP endpoint."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr.host, addr.host)  # noqa: S104 - a lookup, not a bind
     return f"http://{Address(host, addr.port)}{MCP_PATH}"
 
 
@@ -73,7 +73,10 @@ def transport_security(config: ServerConfig) -> TransportSecuritySettings:
 
 def origin_regex(security: TransportSecuritySettings) -> str:
     """CORS must admit exactly the origins the transport admits, or the browser and server disagree."""
-    patterns = [re.escape(origin.removesuffix(":*")) + (r"(:\d+)?" if origin.endswith(":*") else "") for origin in security.allowed_origins]
+    patterns = [
+        re.escape(origin.removesuffix(":*")) + (r"(:\d+)?" if origin.endswith(":*") else "")
+        for origin in security.allowed_origins
+    ]
     return "^(" + "|".join(patterns) + ")$"
 
 
@@ -141,7 +144,7 @@ class _Uvicorn(uvicorn.Server):
     process dies with 130/143; for a server asked to stop, stopping is success.
     """
 
-    def __init__(self, config: uvicorn.Config, url: str, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, url: str, grace: int) -> None:
         super().__init__(config)
         self.url = url
         self.grace = grace

@@ -84,26 +84,52 @@ class StdinLines:
         os.close(self._fd)
 
 
+class InFlight:
+    """Ids of the requests read from stdin and not yet answered."""
+
+    def __init__(self) -> None:
+        self.ids: set[RequestId] = set()
+        self._empty = anyio.Event()
+        self._empty.set()
+
+    def add(self, rid: RequestId) -> None:
+        if not self.ids:
+            self._empty = anyio.Event()
+        self.ids.add(rid)
+
+    def discard(self, rid: RequestId) -> None:
+        self.ids.discard(rid)
+        if not self.ids:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+
 def invalid_message_error(exc: Exception) -> JSONRPCError:
     """The JSON-RPC answer to a line the SDK could not parse."""
     errors = exc.errors() if isinstance(exc, ValidationError) else []
     if any(e["type"] == "json_invalid" for e in errors):
-        return JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error: not valid JSON"))
+        return JSONRPCError(
+            jsonrpc="2.0", id=None, error=ErrorData(code=PARSE_ERROR, message="Parse error: not valid JSON")
+        )
     # Valid JSON, but not a JSON-RPC request, notification or response. Echo its id when it has a usable one.
     raw = errors[0].get("input") if errors else None
     rid = raw.get("id") if isinstance(raw, dict) else None
     rid = rid if isinstance(rid, str | int) and not isinstance(rid, bool) else None
-    message = "Invalid Request: not a JSON-RPC 2.0 message (it needs jsonrpc '2.0' and a method, or a result/error and an id)"
+    message = (
+        "Invalid Request: not a JSON-RPC 2.0 message (it needs jsonrpc '2.0' and a method, or a result/error and an id)"
+    )
     return JSONRPCError(jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=message))
 
 
-async def serve_stdio_async(mcp: MCPServer[Any], grace_seconds: float) -> None:
+async def serve_stdio_async(mcp: MCPServer[Any], grace_seconds: int) -> None:
     """Serve one stdio connection until stdin closes or a signal arrives, then drain and return."""
     # MCPServer has no public handle on the low-level server its transports drive;
     # we need it to sit between the wire and the server.
     server = mcp._lowlevel_server  # noqa: SLF001
     stdin = StdinLines()
-    in_flight: set[RequestId] = set()
+    in_flight = InFlight()
     to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     server_out, from_server = anyio.create_memory_object_stream[SessionMessage](0)
     try:
@@ -125,16 +151,15 @@ async def serve_stdio_async(mcp: MCPServer[Any], grace_seconds: float) -> None:
                         await to_server.send(item)
                     # stdin is closed (or a signal stopped it): answer what was already asked.
                     with anyio.move_on_after(grace_seconds):
-                        while in_flight:
-                            await anyio.sleep(0.01)
-                    if in_flight:
-                        log.warning("grace period over; abandoning requests", pending=len(in_flight))
+                        await in_flight.wait_empty()
+                    if in_flight.ids:
+                        log.warning("grace period over; abandoning requests", pending=len(in_flight.ids))
 
             async def outbound() -> None:
                 async with wire_out, from_server:
                     async for item in from_server:
                         await wire_out.send(item)
-                        if isinstance(item.message, JSONRPCResponse | JSONRPCError):
+                        if isinstance(item.message, JSONRPCResponse | JSONRPCError) and item.message.id is not None:
                             in_flight.discard(item.message.id)
 
             async def run_server(out: MemoryObjectSendStream[SessionMessage]) -> None:

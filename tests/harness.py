@@ -33,7 +33,8 @@ from typing import Any
 import anyio
 import httpx2
 import uvicorn
-from mcp import StdioServerParameters
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,9 +96,14 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            self.argv,
+            cwd=REPO,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
         deadline = time.monotonic() + START_TIMEOUT
@@ -179,7 +185,7 @@ async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
             with anyio.fail_after(START_TIMEOUT):
-                while not server.started:
+                while not server.started:  # noqa: ASYNC110 - uvicorn has no "started" event to await
                     await anyio.sleep(0.01)
             try:
                 yield f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -187,6 +193,18 @@ async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
                 server.should_exit = True
     finally:
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def http_client(
+    url: str, *, mode: str = "auto", headers: Mapping[str, str] | None = None
+) -> AsyncIterator[Client]:
+    """An SDK `Client` over streamable HTTP, with the SDK's timeouts and optional extra headers."""
+    async with (
+        httpx2.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers) as http,
+        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+    ):
+        yield client
 
 
 def node_tool(name: str) -> list[str]:
@@ -210,7 +228,9 @@ def inspector_cli(*args: str, timeout: float = 120) -> Any:
     """Run the MCP Inspector CLI; returns its JSON output, or fails with what it printed."""
     result = run_node_tool("mcp-inspector", ["--cli", *args], timeout=timeout)
     if result.returncode != 0:
-        raise AssertionError(f"inspector exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(
+            f"inspector exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return json.loads(result.stdout)
 
 

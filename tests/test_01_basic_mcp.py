@@ -14,9 +14,17 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
-from tests.harness import HTTP_TIMEOUT, REPO, ServerProcess, load_server, parse_json_line, server_env, stdio_params
+from tests.harness import (
+    HTTP_TIMEOUT,
+    REPO,
+    ServerProcess,
+    http_client,
+    load_server,
+    parse_json_line,
+    server_env,
+    stdio_params,
+)
 
 FOLDER = "01-basic-mcp"
 SERVER = REPO / FOLDER / "server.py"
@@ -114,7 +122,7 @@ async def test_resource_and_prompt() -> None:
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_stdio_subprocess(mode: str) -> None:
-    async with Client(stdio_params(FOLDER), mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(stdio_params(FOLDER), mode=mode) as client:
         result = await client.call_tool("echo_message", {"message": "over stdio"})
         assert client.protocol_version == ("2026-07-28" if mode == "auto" else "2025-11-25")
     assert text(result) == "Echo: over stdio"
@@ -125,8 +133,13 @@ def run_stdio(lines: list[str], *args: str, timeout: float = 30) -> subprocess.C
     return subprocess.run(
         [sys.executable, str(SERVER), "--log-format", "json", *args],
         input="".join(line + "\n" for line in lines),
-        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=server_env(), check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=server_env(),
+        check=False,
+    )
 
 
 INITIALIZE = json.dumps(
@@ -179,9 +192,14 @@ def test_stdout_carries_only_json_rpc_and_every_request_is_answered() -> None:
 
 def test_stdio_stops_cleanly_on_sigterm_after_answering_in_flight_calls() -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--log-format", "json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=REPO, env=server_env(),
-    )  # fmt: skip
+        [sys.executable, str(SERVER), "--log-format", "json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=server_env(),
+    )
     assert proc.stdin and proc.stdout
     for line in (INITIALIZE, INITIALIZED, call(2, "countdown", {"seconds": 1})):
         proc.stdin.write(line + "\n")
@@ -206,10 +224,9 @@ def http_server() -> Any:
 
 @pytest.mark.parametrize(("mode", "era"), [("auto", "2026-07-28"), ("legacy", "2025-11-25")])
 async def test_http_both_protocol_eras(http_server: ServerProcess, mode: str, era: str) -> None:
-    async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http:
-        async with Client(streamable_http_client(http_server.url, http_client=http), mode=mode) as client:  # type: ignore[arg-type]
-            result = await client.call_tool("add_numbers", {"num1": 40, "num2": 2})
-            assert client.protocol_version == era
+    async with http_client(http_server.url, mode=mode) as client:
+        result = await client.call_tool("add_numbers", {"num1": 40, "num2": 2})
+        assert client.protocol_version == era
     assert result.structured_content == {"result": 42}
 
 
@@ -217,12 +234,11 @@ async def test_many_clients_at_once_each_get_their_own_answer(http_server: Serve
     results: dict[int, str] = {}
 
     async def one(i: int) -> None:
-        async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http:
-            async with Client(streamable_http_client(http_server.url, http_client=http)) as client:
-                # Every other client sends garbage first; its neighbours must not notice.
-                if i % 2:
-                    await client.call_tool("add_numbers", {"num1": "bad", "num2": 0})
-                results[i] = text(await client.call_tool("echo_message", {"message": f"client {i}"}))
+        async with http_client(http_server.url) as client:
+            # Every other client sends garbage first; its neighbours must not notice.
+            if i % 2:
+                await client.call_tool("add_numbers", {"num1": "bad", "num2": 0})
+            results[i] = text(await client.call_tool("echo_message", {"message": f"client {i}"}))
 
     async with anyio.create_task_group() as tg:
         for i in range(20):
@@ -287,9 +303,7 @@ def test_request_id_is_echoed_and_logged(http_server: ServerProcess) -> None:
 
 async def test_sigterm_lets_an_in_flight_call_finish_then_exits_0() -> None:
     with ServerProcess(FOLDER) as proc:
-        async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http, Client(
-            streamable_http_client(proc.url, http_client=http)
-        ) as client:
+        async with http_client(proc.url) as client:
             await client.list_tools()  # the client checks results against the listed output schema
             async with anyio.create_task_group() as tg:
                 results: list[str] = []
@@ -310,9 +324,7 @@ async def test_grace_period_bounds_shutdown() -> None:
     """A call longer than the grace period is cut off, and the server still exits 0 on time."""
     failures: list[BaseException] = []
     with ServerProcess(FOLDER, "--shutdown-grace", "1") as proc:
-        async with httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http, Client(
-            streamable_http_client(proc.url, http_client=http)
-        ) as client:
+        async with http_client(proc.url) as client:
 
             async def long_call() -> None:
                 try:
@@ -339,10 +351,15 @@ def test_taken_port_is_one_clear_line() -> None:
         port = taken.getsockname()[1]
         done = subprocess.run(
             [sys.executable, str(SERVER), "-t", "http", "--addr", f":{port}"],
-            capture_output=True, text=True, timeout=30, env=server_env(), check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=server_env(),
+            check=False,
+        )
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == f"server.py: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    expected = f"server.py: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert done.stderr.strip().splitlines() == [expected]
 
 
 @pytest.mark.parametrize(
@@ -357,8 +374,13 @@ def test_taken_port_is_one_clear_line() -> None:
 def test_bad_flag_or_variable_is_one_clear_line(args: list[str], env: dict[str, str], message: str) -> None:
     done = subprocess.run(
         [sys.executable, str(SERVER), *args],
-        capture_output=True, text=True, timeout=30, env=server_env(env), stdin=subprocess.DEVNULL, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=server_env(env),
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1
