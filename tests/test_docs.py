@@ -1,0 +1,114 @@
+"""The READMEs show code that really runs and output that really comes out.
+
+- Every ```python block in a README is a verbatim excerpt of the code next to it (or of shared/).
+- Every ```console block is run: the line after `$ ` is the command, the rest is what it prints.
+  Commands that talk to a module over HTTP (127.0.0.1:<default port>) are pointed at a server the
+  test starts on a free port instead. JSON output is compared as JSON; anything else line by line.
+- The client configuration files at the root start and reach the real server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.harness import NODE_BIN, REPO, ServerProcess, server_env
+
+pytestmark = pytest.mark.anyio
+
+READMES = sorted([REPO / "README.md", *REPO.glob("0*-*/README.md")])
+FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+# The module each default port belongs to, for console blocks that reach a server over HTTP.
+PORTS = {"8081": "01-basic-mcp"}
+
+
+def blocks(readme: Path, language: str) -> list[str]:
+    return [body for lang, body in FENCE.findall(readme.read_text()) if lang == language]
+
+
+def console_examples() -> Iterator[Any]:
+    for readme in READMES:
+        for i, body in enumerate(blocks(readme, "console")):
+            command, _, output = body.partition("\n")
+            assert command.startswith("$ "), f"{readme}: a console block starts with '$ command'"
+            yield pytest.param(command[2:], output, id=f"{readme.parent.name}-{i}")
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.parent.name)
+def test_python_blocks_are_excerpts_of_real_code(readme: Path) -> None:
+    sources = [*readme.parent.glob("*.py"), *(REPO / "shared").glob("*.py")]
+    code = "\n".join(path.read_text() for path in sources)
+    for block in blocks(readme, "python"):
+        assert block in code, f"{readme} shows code that is not in {readme.parent.name}:\n{block}"
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, ServerProcess]]:
+    running = {port: ServerProcess(folder).start() for port, folder in PORTS.items()}
+    try:
+        yield running
+    finally:
+        for proc in running.values():
+            proc.stop()
+
+
+@pytest.mark.parametrize(("command", "expected"), list(console_examples()))
+def test_console_examples_print_what_the_readme_shows(
+    command: str, expected: str, servers: dict[str, ServerProcess]
+) -> None:
+    for port, proc in servers.items():
+        command = command.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proc.port}")
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=REPO, env=server_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        assert json.loads(done.stdout) == json.loads(expected)
+    except json.JSONDecodeError:
+        assert done.stdout.splitlines() == expected.splitlines()
+
+
+def local_config(path: str) -> Any:
+    """A client config file, with its placeholder paths pointed at this checkout."""
+    text = (
+        (REPO / path).read_text().replace("${workspaceFolder}", str(REPO)).replace("/path/to/mcp-workshop", str(REPO))
+    )
+    return json.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("path", "key"), [(".vscode/mcp.json", "servers"), ("claude_desktop_config.json", "mcpServers")]
+)
+async def test_client_configs_start_the_stdio_server(path: str, key: str) -> None:
+    entry = local_config(path)[key]["workshop-01-stdio"]
+    async with Client(StdioServerParameters(command=entry["command"], args=entry["args"])) as client:
+        result = await client.call_tool("echo_message", {"message": "from a client config"})
+    assert result.content[0].text == "Echo: from a client config"  # type: ignore[union-attr]
+
+
+def test_vscode_http_entry_is_the_default_address() -> None:
+    assert local_config(".vscode/mcp.json")["servers"]["workshop-01-http"] == {
+        "type": "http",
+        "url": "http://127.0.0.1:8081/mcp",
+    }
+
+
+async def test_claude_http_entry_bridges_with_the_pinned_mcp_remote(servers: dict[str, ServerProcess]) -> None:
+    """Claude Desktop speaks stdio to its servers; mcp-remote bridges it to 01 over HTTP."""
+    entry = local_config("claude_desktop_config.json")["mcpServers"]["workshop-01-http"]
+    package, url = entry["args"][1], entry["args"][2]
+    pinned = json.loads((REPO / "package.json").read_text())["devDependencies"]["mcp-remote"]
+    assert (entry["command"], package, url) == ("npx", f"mcp-remote@{pinned}", "http://127.0.0.1:8081/mcp")
+    node = str(Path(sys.executable).parent / "node")
+    bridge = StdioServerParameters(command=node, args=[str(NODE_BIN / "mcp-remote"), servers["8081"].url])
+    async with Client(bridge) as client:
+        result = await client.call_tool("echo_message", {"message": "bridged"})
+    assert result.content[0].text == "Echo: bridged"  # type: ignore[union-attr]
