@@ -45,10 +45,17 @@ START_TIMEOUT = 20.0
 
 
 def load_server(folder: str) -> ModuleType:
-    """Import `<folder>/server.py` under a name of its own, once."""
+    """Import `<folder>/server.py` under a name of its own, once.
+
+    The folder goes on sys.path, as it does when the file runs as a script, so
+    the server can import the files beside it; give those names that no other
+    module uses (`demo_tokens.py`, not `tokens.py`).
+    """
     name = "workshop_" + folder.replace("-", "_")
     if name in sys.modules:
         return sys.modules[name]
+    if str(REPO / folder) not in sys.path:
+        sys.path.insert(0, str(REPO / folder))
     spec = importlib.util.spec_from_file_location(name, REPO / folder / "server.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
