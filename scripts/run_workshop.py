@@ -41,6 +41,7 @@ class Module:
 # Each module joins the stack as it lands.
 STACK = [
     Module("01-basic-mcp", 8081, "tools, a resource and a prompt"),
+    Module("02-token-passthrough", 8082, "the caller's token in context (safe mode)"),
 ]
 
 

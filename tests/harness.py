@@ -43,6 +43,16 @@ NODE_BIN = REPO / "node_modules" / ".bin"
 HTTP_TIMEOUT = httpx2.Timeout(30, read=300)
 START_TIMEOUT = 20.0
 
+# Every credential a test hands to a server, and every stderr a test captured: at the end of the
+# session, conftest.py checks that no captured log line contains any of those credentials.
+SECRETS_USED: set[str] = set()
+CAPTURED_LOGS: list[list[str]] = []  # one list of stderr lines per server process or command
+
+
+def remember_secret(secret: str) -> str:
+    SECRETS_USED.add(secret)
+    return secret
+
 
 def load_server(folder: str) -> ModuleType:
     """Import `<folder>/server.py` under a name of its own, once.
@@ -96,6 +106,7 @@ class ServerProcess:
         self.argv += ["--log-format", "json", *args]
         self.env = server_env(env)
         self.lines: list[str] = []
+        CAPTURED_LOGS.append(self.lines)
         self.url = ""
         self._ready = threading.Event()
         self.proc: subprocess.Popen[str] | None = None
@@ -226,9 +237,11 @@ def node_tool(name: str) -> list[str]:
 def run_node_tool(name: str, args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**server_env(), "NO_COLOR": "1", "CI": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(
+    done = subprocess.run(
         [*node_tool(name), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+    CAPTURED_LOGS.append(done.stderr.splitlines())  # a stdio server's logs arrive on the peer's stderr
+    return done
 
 
 def inspector_cli(*args: str, timeout: float = 120) -> Any:

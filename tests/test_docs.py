@@ -27,7 +27,7 @@ pytestmark = pytest.mark.anyio
 READMES = sorted([REPO / "README.md", *REPO.glob("0*-*/README.md")])
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 # The module each default port belongs to, for console blocks that reach a server over HTTP.
-PORTS = {"8081": "01-basic-mcp"}
+PORTS = {"8081": "01-basic-mcp", "8082": "02-token-passthrough"}
 
 
 def blocks(readme: Path, language: str) -> list[str]:
