@@ -74,6 +74,12 @@ def load_server(folder: str) -> ModuleType:
     return module
 
 
+def load_sibling(folder: str, name: str) -> ModuleType:
+    """A file beside a module's `server.py`, as that server imports it (the same module object)."""
+    load_server(folder)
+    return importlib.import_module(name)
+
+
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a server subprocess gets: ours, minus the common flags' variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_")}

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from tests.harness import REPO, ServerProcess, inspector_cli, load_server, remember_secret
+from shared import Secret
+from tests.harness import REPO, ServerProcess, inspector_cli, load_sibling, remember_secret
 
 FOLDER = "02-token-passthrough"
-load_server(FOLDER)
-import demo_tokens  # noqa: E402 - importable once load_server put the module's folder on sys.path
-
-from shared import Secret  # noqa: E402
+demo_tokens = load_sibling(FOLDER, "demo_tokens")
 
 
 def hint(token: str, subject: str) -> str:

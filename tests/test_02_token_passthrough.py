@@ -19,6 +19,7 @@ from tests.harness import (
     ServerProcess,
     http_client,
     load_server,
+    load_sibling,
     remember_secret,
     serve_app,
     server_env,
@@ -28,7 +29,7 @@ from tests.harness import (
 FOLDER = "02-token-passthrough"
 SERVER = REPO / FOLDER / "server.py"
 server = load_server(FOLDER)
-import demo_tokens  # noqa: E402 - importable once load_server put the module's folder on sys.path
+demo_tokens = load_sibling(FOLDER, "demo_tokens")
 
 pytestmark = pytest.mark.anyio
 
