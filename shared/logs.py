@@ -22,6 +22,9 @@ from typing import Any, TextIO
 
 import structlog
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from opentelemetry import trace
+from pydantic import ValidationError
 from structlog.typing import EventDict, Processor
 
 from shared.config import LogFormat
@@ -60,6 +63,33 @@ def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
+def add_trace_context(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """Stamp the current OpenTelemetry trace and span ids on the line, so a log line leads to its trace."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
+def record_exception_on_span(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """A logged exception also becomes an `exception` event on the current span.
+
+    The SDK turns a crashing tool into an error result before any middleware
+    sees the exception, but it does log it, inside the request's span: this
+    is how the trace gets the exception and its stack.
+    """
+    record = event_dict.get("_record")
+    exc_info = record.exc_info if isinstance(record, logging.LogRecord) else event_dict.get("exc_info")
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info if isinstance(exc_info, BaseException) else None
+    span = trace.get_current_span()
+    if exc is not None and span.is_recording():
+        span.record_exception(exc)
+    return event_dict
+
+
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -67,6 +97,8 @@ def _shared_processors() -> list[Processor]:
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_context,
+        record_exception_on_span,
         _drop_color_message,
         redact_secrets,
     ]
@@ -136,13 +168,22 @@ async def log_requests(ctx: ServerRequestContext[Any, Any], call_next: CallNext)
             result = await call_next(ctx)
         except Exception as exc:
             # A protocol error (unknown method, invalid params): the SDK turns it into a JSON-RPC error.
-            log.warning("request failed", error=type(exc).__name__, ms=_elapsed_ms(started))
+            log.warning("request", outcome=error_type(exc), ms=_elapsed_ms(started))
             raise
         is_error = isinstance(result, dict) and bool(result.get("isError"))
         (log.warning if is_error else log.info)(
             "request", outcome="tool_error" if is_error else "ok", ms=_elapsed_ms(started)
         )
         return result
+
+
+def error_type(exc: BaseException) -> str:
+    """How an error is named in logs and telemetry: the JSON-RPC error code, else the exception's class."""
+    if isinstance(exc, MCPError):
+        return str(exc.error.code)
+    if isinstance(exc, ValidationError):
+        return "-32602"  # the SDK answers invalid request params with this code
+    return type(exc).__qualname__
 
 
 def _elapsed_ms(started: float) -> float:

@@ -1,0 +1,101 @@
+"""04-observability: every MCP call as a trace, a metric and a log line.
+
+.venv/bin/python 04-observability/server.py -t http          # http://127.0.0.1:8084/mcp, metrics at /metrics
+.venv/bin/python 04-observability/server.py                  # stdio; spans print to stderr
+OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 .venv/bin/python 04-observability/server.py -t http
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import structlog
+from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS
+from starlette.routing import Route
+
+from shared import configure_logging, parse_config, serve
+from shared.config import build_parser
+from shared.logs import log_requests
+from shared.telemetry import RecentSpans, TelemetryMiddleware, metrics_endpoint, setup_telemetry
+from shared.tools import add_numbers, echo_message
+
+DEFAULT_PORT = 8084
+SERVICE_NAME = "mcp-workshop-04"
+RECORD_PAYLOADS_ENV = "OTEL_RECORD_TOOL_PAYLOADS"
+
+log = structlog.get_logger("observability")
+
+# setup_telemetry() in main() feeds it every finished span.
+recent_spans = RecentSpans()
+telemetry = TelemetryMiddleware(record_payloads=os.environ.get(RECORD_PAYLOADS_ENV, "") == "true")
+
+
+async def reject_unknown_tools(ctx: ServerRequestContext[object, object], call_next: CallNext) -> HandlerResult:
+    """An unknown tool is a protocol error (-32602) in the MCP spec; the SDK answers with a tool result instead.
+
+    For telemetry the difference matters: a protocol error is a different
+    `error.type` from a tool that failed, and its made-up name stays out of
+    the metric labels.
+    """
+    if ctx.method == "tools/call":
+        name = (ctx.params or {}).get("name")
+        if name not in {tool.name for tool in await mcp.list_tools()}:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
+    return await call_next(ctx)
+
+
+mcp = MCPServer(
+    "observability",
+    instructions="Echo, add and divide, with every call traced, measured and logged. Read telemetry://recent-spans.",
+    # Outermost first, all inside the SDK's own span: measure, then log, then refuse unknown tools.
+    middleware=[telemetry, log_requests, reject_unknown_tools],
+)
+mcp.add_tool(echo_message)
+mcp.add_tool(add_numbers)
+
+
+@mcp.tool()
+def divide_numbers(dividend: float, divisor: float) -> float:
+    """Divide one number by another."""
+    if divisor == 0:
+        raise ToolError("cannot divide by zero")  # an expected failure: the model reads this message
+    return dividend / divisor
+
+
+@mcp.tool()
+def simulate_crash() -> str:
+    """Fail with an unexpected exception, to see how a crash shows up in traces, metrics and logs."""
+    raise RuntimeError("the database connection was lost")  # the model sees only "Error executing tool"
+
+
+@mcp.resource("telemetry://recent-spans", name="recent-spans", mime_type="application/json")
+def show_recent_spans() -> list[dict[str, object]]:
+    """The last spans this server finished, newest last: your own traces, without a tracing backend."""
+    return recent_spans.snapshot()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser(__doc__, DEFAULT_PORT)
+    parser.add_argument(
+        "--record-payloads",
+        action="store_true",
+        default=os.environ.get(RECORD_PAYLOADS_ENV, "") == "true",
+        help=f"record tool arguments and results on spans: they may hold personal data (env {RECORD_PAYLOADS_ENV})",
+    )
+    config, args = parse_config(argv, default_port=DEFAULT_PORT, parser=parser)
+    configure_logging(config.log_level, config.log_format)
+    installed = setup_telemetry(SERVICE_NAME, recent=recent_spans)
+    telemetry.record_payloads = args.record_payloads
+    try:
+        serve(mcp, config, routes=[Route("/metrics", metrics_endpoint)])
+    finally:
+        installed.shutdown()  # flush the last batch of spans and metrics
+
+
+if __name__ == "__main__":
+    main()
