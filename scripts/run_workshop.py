@@ -42,6 +42,7 @@ class Module:
 STACK = [
     Module("01-basic-mcp", 8081, "tools, a resource and a prompt"),
     Module("02-token-passthrough", 8082, "the caller's token in context (safe mode)"),
+    Module("04-observability", 8084, "traces, metrics at /metrics, correlated logs"),
 ]
 
 

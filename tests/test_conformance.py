@@ -8,7 +8,7 @@ import pytest
 
 from tests.harness import ServerProcess, conformance
 
-MODULES = ["01-basic-mcp", "02-token-passthrough"]
+MODULES = ["01-basic-mcp", "02-token-passthrough", "04-observability"]
 
 # The server scenarios that apply to any server, whatever its tools.
 SCENARIOS = [

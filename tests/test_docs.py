@@ -31,6 +31,7 @@ PORTS: dict[str, tuple[str, ...]] = {
     "8081": ("01-basic-mcp",),
     "8082": ("02-token-passthrough",),
     "8092": ("02-token-passthrough", "--mode", "passthrough"),
+    "8084": ("04-observability",),
 }
 
 
