@@ -98,6 +98,51 @@ def stdio_params(folder: str, *args: str, env: Mapping[str, str] | None = None) 
     )
 
 
+# Raw JSON-RPC lines, for tests that talk to a stdio server byte by byte.
+INITIALIZE = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+)
+INITIALIZED = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+
+def request_line(rid: int, method: str, params: Any) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+
+
+def tool_call_line(rid: int, tool: str, arguments: Any) -> str:
+    return request_line(rid, "tools/call", {"name": tool, "arguments": arguments})
+
+
+def run_server(
+    folder: str,
+    *args: str,
+    lines: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    """Run a module's `server.py` to the end: feed it `lines` on stdin (then close it), capture both streams."""
+    command = [sys.executable, str(REPO / folder / "server.py"), *args]
+    stdin_text = "".join(line + "\n" for line in lines) if lines is not None else None
+    done = subprocess.run(
+        command,
+        input=stdin_text,
+        stdin=subprocess.DEVNULL if stdin_text is None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=server_env(env),
+        check=False,
+    )
+    CAPTURED_LOGS.append(done.stderr.splitlines())
+    return done
+
+
 class ServerProcess:
     """A module's `server.py` running over HTTP in a subprocess, on a port the OS picked.
 

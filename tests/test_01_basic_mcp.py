@@ -17,13 +17,17 @@ from mcp import Client
 
 from tests.harness import (
     HTTP_TIMEOUT,
+    INITIALIZE,
+    INITIALIZED,
     REPO,
     ServerProcess,
     http_client,
     load_server,
     parse_json_line,
+    run_server,
     server_env,
     stdio_params,
+    tool_call_line,
 )
 
 FOLDER = "01-basic-mcp"
@@ -128,49 +132,22 @@ async def test_stdio_subprocess(mode: str) -> None:
     assert text(result) == "Echo: over stdio"
 
 
-def run_stdio(lines: list[str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Feed raw lines to the server's stdin, close it, and collect both output streams."""
-    return subprocess.run(
-        [sys.executable, str(SERVER), "--log-format", "json", *args],
-        input="".join(line + "\n" for line in lines),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env=server_env(),
-        check=False,
-    )
-
-
-INITIALIZE = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-)
-INITIALIZED = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-
-
-def call(rid: int, tool: str, arguments: Any) -> str:
-    params = {"name": tool, "arguments": arguments}
-    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
-
-
 def test_stdout_carries_only_json_rpc_and_every_request_is_answered() -> None:
     """stdout is the wire: every line must be a JSON-RPC message, even when tools log and input is bad."""
-    done = run_stdio(
-        [
+    done = run_server(
+        FOLDER,
+        "--log-format",
+        "json",
+        lines=[
             "this is not json",
             INITIALIZE,
             INITIALIZED,
             '{"jsonrpc": "2.0", "id": 7}',
-            call(2, "add_numbers", {"num1": "x", "num2": 1}),
-            call(3, "countdown", {"seconds": 1}),  # logs from inside the tool
+            tool_call_line(2, "add_numbers", {"num1": "x", "num2": 1}),
+            tool_call_line(3, "countdown", {"seconds": 1}),  # logs from inside the tool
             json.dumps({"jsonrpc": "2.0", "id": 4, "method": "no/such_method"}),
-            call(5, "echo_message", {"message": "still here"}),
-        ]
+            tool_call_line(5, "echo_message", {"message": "still here"}),
+        ],
     )
     assert done.returncode == 0, done.stderr
     messages = [json.loads(line) for line in done.stdout.splitlines()]
@@ -201,7 +178,7 @@ def test_stdio_stops_cleanly_on_sigterm_after_answering_in_flight_calls() -> Non
         env=server_env(),
     )
     assert proc.stdin and proc.stdout
-    for line in (INITIALIZE, INITIALIZED, call(2, "countdown", {"seconds": 1})):
+    for line in (INITIALIZE, INITIALIZED, tool_call_line(2, "countdown", {"seconds": 1})):
         proc.stdin.write(line + "\n")
     proc.stdin.flush()
     assert json.loads(proc.stdout.readline())["id"] == 1
@@ -349,14 +326,7 @@ def test_taken_port_is_one_clear_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, str(SERVER), "-t", "http", "--addr", f":{port}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=server_env(),
-            check=False,
-        )
+        done = run_server(FOLDER, "-t", "http", "--addr", f":{port}")
     assert done.returncode == 1
     expected = f"server.py: error: cannot listen on 127.0.0.1:{port}: address already in use"
     assert done.stderr.strip().splitlines() == [expected]
@@ -372,15 +342,7 @@ def test_taken_port_is_one_clear_line() -> None:
     ],
 )
 def test_bad_flag_or_variable_is_one_clear_line(args: list[str], env: dict[str, str], message: str) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SERVER), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=server_env(env),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    done = run_server(FOLDER, *args, env=env)
     assert done.returncode == 2
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == 1

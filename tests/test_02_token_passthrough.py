@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,16 +12,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import Secret, caller_token
 from tests.harness import (
-    CAPTURED_LOGS,
+    INITIALIZE,
+    INITIALIZED,
     REPO,
     ServerProcess,
     http_client,
     load_server,
     load_sibling,
     remember_secret,
+    run_server,
     serve_app,
-    server_env,
     stdio_params,
+    tool_call_line,
 )
 
 FOLDER = "02-token-passthrough"
@@ -247,15 +247,7 @@ def test_passthrough_mode_warns_loudly_on_start() -> None:
     ],
 )
 def test_unsafe_or_bad_configuration_is_refused(args: list[str], env: dict[str, str], message: str) -> None:
-    done = subprocess.run(
-        [sys.executable, str(SERVER), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=server_env(env),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    done = run_server(FOLDER, *args, env=env)
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1 and message in done.stderr
 
@@ -273,23 +265,7 @@ async def test_stdio_takes_the_token_from_api_key() -> None:
 
 
 def test_stdio_without_api_key_errors_clearly_and_logs_no_token() -> None:
-    done = subprocess.run(
-        [sys.executable, str(SERVER), "--log-format", "json"],
-        input="\n".join(
-            [
-                '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
-                '"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}',
-                '{"jsonrpc":"2.0","method":"notifications/initialized"}',
-                '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"show_auth_token","arguments":{}}}',
-            ]
-        )
-        + "\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=server_env(),
-        check=False,
-    )
-    CAPTURED_LOGS.append(done.stderr.splitlines())
+    call = tool_call_line(2, "show_auth_token", {})
+    done = run_server(FOLDER, "--log-format", "json", lines=[INITIALIZE, INITIALIZED, call])
     assert done.returncode == 0
     assert '"isError":true' in done.stdout and "or set API_KEY when starting the server over stdio" in done.stdout

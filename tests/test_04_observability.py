@@ -28,7 +28,20 @@ from starlette.routing import Route
 
 from shared.logs import configure_logging
 from shared.telemetry import DURATION_BUCKETS, LogSpanExporter, build_span_exporter
-from tests.harness import REPO, ServerProcess, http_client, inspector_cli, load_server, serve_app, server_env
+from tests.harness import (
+    INITIALIZE,
+    INITIALIZED,
+    REPO,
+    ServerProcess,
+    http_client,
+    inspector_cli,
+    load_server,
+    request_line,
+    run_server,
+    serve_app,
+    server_env,
+    tool_call_line,
+)
 
 FOLDER = "04-observability"
 SERVER = REPO / FOLDER / "server.py"
@@ -311,36 +324,12 @@ async def test_sampling_and_disabling_follow_the_standard_variables() -> None:
 
 def test_stdout_is_only_json_rpc_with_tracing_on() -> None:
     lines = [
-        json.dumps(
-            {
-                "jsonrpc": "2.0",
-                "id": 1,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2025-11-25",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-        ),
-        json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-        json.dumps(
-            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "simulate_crash", "arguments": {}}}
-        ),
-        json.dumps(
-            {"jsonrpc": "2.0", "id": 3, "method": "resources/read", "params": {"uri": "telemetry://recent-spans"}}
-        ),
+        INITIALIZE,
+        INITIALIZED,
+        tool_call_line(2, "simulate_crash", {}),
+        request_line(3, "resources/read", {"uri": "telemetry://recent-spans"}),
     ]
-    done = subprocess.run(
-        [sys.executable, str(SERVER), "--log-format", "json"],
-        input="\n".join(lines) + "\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=server_env(),
-        cwd=REPO,
-        check=False,
-    )
+    done = run_server(FOLDER, "--log-format", "json", lines=lines)
     assert done.returncode == 0, done.stderr
     replies = [json.loads(line) for line in done.stdout.splitlines()]
     assert [reply["id"] for reply in replies] == [1, 2, 3]
