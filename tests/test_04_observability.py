@@ -271,6 +271,19 @@ async def test_spans_print_as_log_lines_by_default_and_metrics_are_scraped() -> 
     assert span_lines and span_lines[0]["kind"] == "SERVER" and len(span_lines[0]["trace_id"]) == 32
 
 
+async def test_http_spans_carry_transport_and_the_legacy_session_id() -> None:
+    with ServerProcess(FOLDER) as proc:
+        async with http_client(proc.url, mode="legacy") as client:
+            await client.call_tool("echo_message", {"message": "in a session"})
+            recent = await client.read_resource("telemetry://recent-spans")
+    spans = json.loads(recent.contents[0].text)  # type: ignore[union-attr]
+    call = next(span for span in spans if span["name"] == "tools/call echo_message")
+    attributes = call["attributes"]
+    assert (attributes["network.transport"], attributes["network.protocol.name"]) == ("tcp", "http")
+    assert attributes["client.address"] == "127.0.0.1"
+    assert len(attributes["mcp.session.id"]) >= 16
+
+
 class OtlpReceiver:
     """A minimal OTLP/HTTP receiver: decodes the protobuf payloads the exporters POST."""
 
