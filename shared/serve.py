@@ -172,16 +172,25 @@ class _Uvicorn(uvicorn.Server):
         log.info("stopped")
 
 
-def serve_http(app: Starlette, config: ServerConfig) -> None:
-    """Serve `app` until Ctrl-C or SIGTERM, then drain for at most the grace period."""
+def listen(addr: Address) -> socket.socket:
+    """Bind the listening socket, or exit with one line that says why (a taken port, usually)."""
     try:
-        sock = bind_socket(config.addr)
+        sock = bind_socket(addr)
     except OSError as exc:
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
-        sys.exit(f"{_prog()}: error: cannot listen on {config.addr}: {reason}")
-    addr = Address(config.addr.host, sock.getsockname()[1])
+        sys.exit(f"{_prog()}: error: cannot listen on {addr}: {reason}")
     if addr.host in WILDCARD_HOSTS:
         log.warning("listening on all interfaces: anyone who can reach this machine can call its tools", addr=str(addr))
+    return sock
+
+
+def bound_address(sock: socket.socket, config: ServerConfig) -> Address:
+    """The address actually bound: `--addr :0` asked the OS for a free port."""
+    return Address(config.addr.host, sock.getsockname()[1])
+
+
+def run_uvicorn(app: Starlette, sock: socket.socket, config: ServerConfig, url: str) -> None:
+    """Serve `app` on `sock` until Ctrl-C or SIGTERM, then drain for at most the grace period."""
     uv_config = uvicorn.Config(
         app,
         log_config=None,  # keep our handler; uvicorn's loggers propagate to it
@@ -189,7 +198,13 @@ def serve_http(app: Starlette, config: ServerConfig) -> None:
         timeout_graceful_shutdown=config.grace_seconds,
         server_header=False,
     )
-    _Uvicorn(uv_config, mcp_url(addr), config.grace_seconds).run(sockets=[sock])
+    _Uvicorn(uv_config, url, config.grace_seconds).run(sockets=[sock])
+
+
+def serve_http(app: Starlette, config: ServerConfig) -> None:
+    """Serve an MCP server's app over HTTP at `config.addr`."""
+    sock = listen(config.addr)
+    run_uvicorn(app, sock, config, mcp_url(bound_address(sock, config)))
 
 
 def serve(

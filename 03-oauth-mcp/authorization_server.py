@@ -1,0 +1,285 @@
+"""03-oauth-mcp: an OAuth 2.1 authorization server that runs on your laptop, with no account anywhere.
+
+    .venv/bin/python 03-oauth-mcp/authorization_server.py      # http://127.0.0.1:9000, prints the demo login
+
+It issues the tokens that the MCP server (`server.py`) accepts: a person logs
+in and consents in the browser (authorization code with PKCE), or a machine
+authenticates as itself (client credentials). Access tokens are JWTs signed
+with a key published at /jwks, for exactly one resource.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import ipaddress
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import structlog
+from authlib.oauth2.base import OAuth2Error
+from oauth_core import Client, FormRequest, KeyRing, MemoryStore, OAuthServer, Store
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from shared import configure_logging
+from shared.config import build_parser, config_from_args
+from shared.serve import bound_address, listen, run_uvicorn
+
+DEFAULT_PORT = 9000
+DEFAULT_RESOURCE = "http://127.0.0.1:8083/mcp"
+SCOPES = ["mcp:read", "mcp:admin"]
+DEMO_USER = "demo"
+MACHINE_CLIENT_ID = "workshop-machine"
+PENDING_SECONDS = 600
+
+log = structlog.get_logger("authorization-server")
+
+# The consent page may not be framed (clickjacking), loads nothing from elsewhere, and posts only to us.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@dataclass
+class Pending:
+    """An authorization request waiting for the user's answer on the consent page."""
+
+    query: dict[str, str]
+    csrf: str
+    expires_at: float
+
+
+def is_loopback_or_https(uri: str) -> bool:
+    """MCP allows only these redirect URIs: HTTPS anywhere, plain HTTP only back to this machine."""
+    parts = urlsplit(uri)
+    if parts.scheme == "https" and parts.hostname:
+        return not parts.fragment
+    if parts.scheme != "http" or not parts.hostname or parts.fragment:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def with_params(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, urlencode(params)]))
+    return urlunsplit(parts._replace(query=query))
+
+
+class AuthorizationServerApp:
+    """The HTTP side: metadata, JWKS, registration, the consent page and the token endpoint."""
+
+    def __init__(self, issuer: str, resources: list[str], users: dict[str, str], store: Store | None = None) -> None:
+        self.issuer = issuer
+        self.users = users
+        self.store = store or MemoryStore()
+        self.keys = KeyRing()
+        self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys)
+        self.pending: dict[str, Pending] = {}
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/.well-known/oauth-authorization-server", self.metadata),
+                Route("/jwks", self.jwks),
+                Route("/register", self.register, methods=["POST"]),
+                Route("/authorize", self.authorize, methods=["GET", "POST"]),
+                Route("/token", self.token, methods=["POST"]),
+                Route("/healthz", lambda _: JSONResponse({"status": "ok"})),
+            ]
+        )
+
+    async def metadata(self, _request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "issuer": self.issuer,  # the exact string clients compare with: no trailing slash added
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "registration_endpoint": f"{self.issuer}/register",
+                "jwks_uri": f"{self.issuer}/jwks",
+                "scopes_supported": SCOPES,
+                "response_types_supported": ["code"],
+                "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+                "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+                "code_challenge_methods_supported": ["S256"],
+                "authorization_response_iss_parameter_supported": True,
+            }
+        )
+
+    async def jwks(self, _request: Request) -> JSONResponse:
+        return JSONResponse(self.keys.jwks())
+
+    async def register(self, request: Request) -> JSONResponse:
+        """RFC 7591 dynamic client registration (deprecated by MCP 2026-07-28, still what most clients do)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return self.registration_error("invalid_client_metadata", "the body must be a JSON object")
+        if not isinstance(body, dict):
+            return self.registration_error("invalid_client_metadata", "the body must be a JSON object")
+        redirect_uris = body.get("redirect_uris")
+        if (
+            not isinstance(redirect_uris, list)
+            or not redirect_uris
+            or not all(isinstance(u, str) for u in redirect_uris)
+        ):
+            return self.registration_error("invalid_redirect_uri", "redirect_uris must be a non-empty list of URLs")
+        if not all(is_loopback_or_https(uri) for uri in redirect_uris):
+            return self.registration_error("invalid_redirect_uri", "redirect URIs must use HTTPS or point to loopback")
+        method = body.get("token_endpoint_auth_method", "client_secret_basic")
+        if method not in ("none", "client_secret_basic", "client_secret_post"):
+            return self.registration_error(
+                "invalid_client_metadata", f"unsupported token_endpoint_auth_method {method}"
+            )
+        grant_types = body.get("grant_types") or ["authorization_code", "refresh_token"]
+        if not set(grant_types) <= {"authorization_code", "refresh_token"}:
+            return self.registration_error("invalid_client_metadata", "only authorization_code and refresh_token")
+        client = Client(
+            client_id=secrets.token_urlsafe(16),  # never an https:// URL: those name metadata documents
+            client_name=str(body.get("client_name") or "unnamed client")[:100],
+            redirect_uris=redirect_uris,
+            grant_types=list(grant_types),
+            token_endpoint_auth_method=method,
+            scope=" ".join(s for s in str(body.get("scope") or "mcp:read").split() if s in SCOPES) or "mcp:read",
+            client_secret=None if method == "none" else secrets.token_urlsafe(32),
+        )
+        self.store.save_client(client)
+        log.info("client registered", client_id=client.client_id, client_name=client.client_name)
+        return JSONResponse(client.public_metadata() | {"client_id_issued_at": int(time.time())}, status_code=201)
+
+    @staticmethod
+    def registration_error(error: str, description: str) -> JSONResponse:
+        return JSONResponse({"error": error, "error_description": description}, status_code=400)
+
+    async def authorize(self, request: Request) -> Response:
+        """GET shows the sign-in and consent page; POST carries the user's answer."""
+        if request.method == "POST":
+            return await self.answer(request)
+        query = dict(request.query_params)
+        oauth_request = FormRequest("GET", str(request.url), request.headers, query, {})
+        try:
+            grant = self.oauth.get_consent_grant(oauth_request)  # client, redirect URI, PKCE, resource, scope
+        except OAuth2Error as error:
+            return self.add_iss(self.oauth.handle_error_response(oauth_request, error))
+        request_id, csrf = secrets.token_urlsafe(16), secrets.token_urlsafe(32)
+        self.pending[request_id] = Pending(query, csrf, time.time() + PENDING_SECONDS)
+        return self.consent_page(grant.client, query, request_id, csrf)
+
+    async def answer(self, request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        request_id = form.get("request_id", "")
+        pending = self.pending.get(request_id)
+        if pending is None or pending.expires_at < time.time():
+            return HTMLResponse("This sign-in page has expired. Start again from your app.", 400, PAGE_HEADERS)
+        if not hmac.compare_digest(pending.csrf, form.get("csrf", "")):
+            return HTMLResponse("This form was not sent by the sign-in page.", 403, PAGE_HEADERS)
+        oauth_request = FormRequest("GET", str(request.url), request.headers, pending.query, {})
+        try:
+            grant = self.oauth.get_consent_grant(oauth_request)
+        except OAuth2Error as error:
+            return self.add_iss(self.oauth.handle_error_response(oauth_request, error))
+        user: str | None = None
+        if form.get("decision") == "allow":
+            user = form.get("username", "")
+            if not hmac.compare_digest(self.users.get(user, secrets.token_hex(8)), form.get("password", "")):
+                log.warning("sign-in failed", username=user[:50])
+                message = "Wrong username or password."
+                return self.consent_page(grant.client, pending.query, request_id, pending.csrf, message)
+            log.info("authorization granted", subject=user, client_id=grant.client.client_id)
+        del self.pending[request_id]  # one answer per page
+        # No user means "denied": the client gets error=access_denied.
+        return self.add_iss(self.oauth.create_authorization_response(oauth_request, grant_user=user, grant=grant))
+
+    def add_iss(self, response: Response) -> Response:
+        """RFC 9207: every authorization response names its issuer, so a client can spot a mix-up."""
+        location = response.headers.get("location")
+        if response.status_code in (302, 303) and location:
+            return RedirectResponse(with_params(location, iss=self.issuer), status_code=302)
+        return response
+
+    def consent_page(
+        self, client: Client, query: dict[str, str], request_id: str, csrf: str, error: str = ""
+    ) -> Response:
+        esc = html.escape
+        redirect_host = urlsplit(query.get("redirect_uri", "")).netloc
+        scopes = "".join(
+            f"<li>{esc(s)}</li>" for s in client.get_allowed_scope(query.get("scope") or client.scope).split()
+        )
+        body = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in to the workshop</title>
+<style>body{{font-family:sans-serif;max-width:32rem;margin:3rem auto}} .error{{color:#b00}}</style></head>
+<body>
+<h1>Sign in and allow access</h1>
+<p><strong>{esc(client.client_name)}</strong> wants to use the MCP server
+<code>{esc(query.get("resource") or self.oauth.resources[0])}</code> as you.</p>
+<p>After you decide, you go back to <strong>{esc(redirect_host)}</strong>.</p>
+<p>It asks for:</p><ul>{scopes}</ul>
+<p class="error">{esc(error)}</p>
+<form method="post" action="/authorize">
+  <input type="hidden" name="request_id" value="{esc(request_id)}">
+  <input type="hidden" name="csrf" value="{esc(csrf)}">
+  <label>Username <input name="username" autocomplete="username"></label><br>
+  <label>Password <input name="password" type="password" autocomplete="current-password"></label><br>
+  <button name="decision" value="allow">Allow</button>
+  <button name="decision" value="deny">Deny</button>
+</form>
+</body></html>"""
+        return HTMLResponse(body, status_code=401 if error else 200, headers=PAGE_HEADERS)
+
+    async def token(self, request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        oauth_request = FormRequest("POST", str(request.url), request.headers, dict(request.query_params), form)
+        response: Response = self.oauth.create_token_response(oauth_request)
+        return response
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser(__doc__, DEFAULT_PORT)
+    parser.add_argument(
+        "--resource",
+        action="append",
+        default=None,
+        help=f"the MCP server URL tokens may be issued for; repeat for several (default: {DEFAULT_RESOURCE})",
+    )
+    args = parser.parse_args(argv)
+    config = config_from_args(args, DEFAULT_PORT)
+    configure_logging(config.log_level, config.log_format)
+    sock = listen(config.addr)
+    issuer = f"http://{bound_address(sock, config)}"  # no trailing slash: clients compare it byte for byte
+    os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")  # plain HTTP is only acceptable on loopback
+    password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(9)
+    server = AuthorizationServerApp(issuer, args.resource or [DEFAULT_RESOURCE], {DEMO_USER: password})
+    machine_secret = os.environ.get("MACHINE_CLIENT_SECRET") or secrets.token_urlsafe(24)
+    server.store.save_client(
+        Client(MACHINE_CLIENT_ID, "workshop machine client", [], ["client_credentials"], "client_secret_basic",
+               "mcp:read", machine_secret)
+    )  # fmt: skip
+    # Printed, not logged: these are the demo's credentials, for you to type, and logs mask secrets.
+    print(
+        f"authorization server {issuer}\n  demo login: {DEMO_USER} / {password}\n"
+        f"  machine client: {MACHINE_CLIENT_ID} / {machine_secret}",
+        file=sys.stderr,
+        flush=True,
+    )
+    run_uvicorn(server.app(), sock, config, issuer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,413 @@
+"""The authorization server's engine: clients, codes, refresh tokens, signing keys, and the authlib grants.
+
+authlib does the OAuth 2.1 protocol work; this file supplies what authlib
+leaves to the application, and tightens the defaults that do not meet the
+MCP authorization spec:
+
+- PKCE is mandatory for every authorization-code flow, S256 only (authlib
+  accepts no challenge, and `plain`).
+- The RFC 8707 `resource` a client asked for becomes the token's `aud`
+  (authlib puts the client_id there), and it stays bound through refresh.
+- Refresh tokens rotate, and presenting a used one revokes its whole family
+  (authlib does not rotate by default).
+- Public clients (`token_endpoint_auth_method=none`) may use the code flow.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from authlib.oauth2 import AuthorizationServer, OAuth2Request
+from authlib.oauth2.base import OAuth2Error
+from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, ClientCredentialsGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc7636 import CodeChallenge
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+
+ACCESS_TOKEN_SECONDS = 600
+CODE_SECONDS = 60
+REFRESH_TOKEN_SECONDS = 7 * 24 * 3600
+
+
+class InvalidTargetError(OAuth2Error):  # type: ignore[misc]
+    """RFC 8707: the requested resource is unknown, or not the one authorized (authlib has no class for it)."""
+
+    error = "invalid_target"
+
+
+# --- what the store holds -------------------------------------------------------------------
+
+
+@dataclass
+class Client(ClientMixin):  # type: ignore[misc]
+    """A registered OAuth client: pre-registered, or registered dynamically (RFC 7591)."""
+
+    client_id: str
+    client_name: str
+    redirect_uris: list[str]
+    grant_types: list[str]
+    token_endpoint_auth_method: str  # "none" for public clients
+    scope: str
+    client_secret: str | None = None
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        allowed = set(self.scope.split())
+        return " ".join(s for s in (scope or "").split() if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in self.redirect_uris  # exact match, nothing looser
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return self.client_secret is not None and hmac.compare_digest(self.client_secret, client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return endpoint != "token" or method == self.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code" and "authorization_code" in self.grant_types
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.grant_types
+
+    def public_metadata(self) -> dict[str, Any]:
+        """The registration response: everything but the secret's absence."""
+        data = {
+            "client_id": self.client_id,
+            "client_name": self.client_name,
+            "redirect_uris": self.redirect_uris,
+            "grant_types": self.grant_types,
+            "response_types": ["code"] if "authorization_code" in self.grant_types else [],
+            "token_endpoint_auth_method": self.token_endpoint_auth_method,
+            "scope": self.scope,
+        }
+        if self.client_secret is not None:
+            data["client_secret"] = self.client_secret
+        return data
+
+
+@dataclass
+class AuthorizationCode(AuthorizationCodeMixin):  # type: ignore[misc]
+    code: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    subject: str
+    resource: str
+    code_challenge: str
+    code_challenge_method: str
+    expires_at: float
+
+    def get_redirect_uri(self) -> str:
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+@dataclass
+class RefreshToken:
+    token: str
+    family: str  # every refresh token descended from one authorization shares it
+    client_id: str
+    subject: str
+    scope: str
+    resource: str
+    expires_at: float
+    used: bool = False
+
+    def check_client(self, client: Client) -> bool:
+        return self.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+class Store(Protocol):
+    """Where the authorization server keeps its state; swap the in-memory one to share it between instances."""
+
+    def get_client(self, client_id: str) -> Client | None: ...
+    def save_client(self, client: Client) -> None: ...
+    def all_clients(self) -> list[Client]: ...
+    def save_code(self, code: AuthorizationCode) -> None: ...
+    def take_code(self, code: str) -> AuthorizationCode | None: ...
+    def get_code(self, code: str) -> AuthorizationCode | None: ...
+    def save_refresh_token(self, token: RefreshToken) -> None: ...
+    def get_refresh_token(self, token: str) -> RefreshToken | None: ...
+    def revoke_family(self, family: str) -> None: ...
+    def family_revoked(self, family: str) -> bool: ...
+
+
+@dataclass
+class MemoryStore:
+    """The default store: dictionaries in this process, gone at exit."""
+
+    clients: dict[str, Client] = field(default_factory=dict)
+    codes: dict[str, AuthorizationCode] = field(default_factory=dict)
+    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
+    revoked_families: set[str] = field(default_factory=set)
+
+    def get_client(self, client_id: str) -> Client | None:
+        return self.clients.get(client_id)
+
+    def save_client(self, client: Client) -> None:
+        self.clients[client.client_id] = client
+
+    def all_clients(self) -> list[Client]:
+        return list(self.clients.values())
+
+    def save_code(self, code: AuthorizationCode) -> None:
+        self.codes[code.code] = code
+
+    def get_code(self, code: str) -> AuthorizationCode | None:
+        return self.codes.get(code)
+
+    def take_code(self, code: str) -> AuthorizationCode | None:
+        return self.codes.pop(code, None)
+
+    def save_refresh_token(self, token: RefreshToken) -> None:
+        self.refresh_tokens[token.token] = token
+
+    def get_refresh_token(self, token: str) -> RefreshToken | None:
+        return self.refresh_tokens.get(token)
+
+    def revoke_family(self, family: str) -> None:
+        self.revoked_families.add(family)
+
+    def family_revoked(self, family: str) -> bool:
+        return family in self.revoked_families
+
+
+# --- signing keys ---------------------------------------------------------------------------
+
+
+class KeyRing:
+    """RSA signing keys: the newest signs, the previous one stays published until its tokens have expired."""
+
+    def __init__(self) -> None:
+        self.keys: list[RSAKey] = []
+        self.rotate()
+
+    def rotate(self) -> None:
+        key = RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex, "use": "sig", "alg": "RS256"})
+        self.keys = [key, *self.keys][:2]
+
+    @property
+    def current(self) -> RSAKey:
+        return self.keys[0]
+
+    def jwks(self) -> dict[str, Any]:
+        return dict(KeySet(list(self.keys)).as_dict(private=False))
+
+
+# --- authlib, adapted to Starlette and tightened --------------------------------------------
+
+
+class FormRequest(OAuth2Request):  # type: ignore[misc]
+    """An authlib request built from what Starlette parsed (authlib ships no ASGI integration)."""
+
+    def __init__(self, method: str, url: str, headers: Headers, query: dict[str, str], form: dict[str, str]) -> None:
+        # Starlette's Headers are case-insensitive, as authlib's Basic-auth parsing needs.
+        super().__init__(method, url, headers=headers)
+        self._args, self._form = query, form
+        self.payload = BasicOAuth2Payload(form if method == "POST" else query)
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self._args
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+
+class S256Only(CodeChallenge):  # type: ignore[misc]
+    """PKCE for every client, S256 only: authlib's default lets a confidential client skip it, and accepts `plain`."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]  # noqa: RUF012 - authlib reads it from the class
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: send code_challenge and code_challenge_method=S256")
+        if data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("code_challenge_method must be S256")
+        super().validate_code_challenge(grant, redirect_uri)
+
+    def validate_code_verifier(self, grant: Any, result: Any) -> None:
+        if not grant.request.form.get("code_verifier"):
+            raise InvalidRequestError("Missing 'code_verifier'")
+        super().validate_code_verifier(grant, result)
+
+
+class OAuthServer(AuthorizationServer):  # type: ignore[misc]
+    """authlib's authorization server with this store, these keys, and JWT access tokens for a resource."""
+
+    def __init__(self, issuer: str, resources: list[str], scopes: list[str], store: Store, keys: KeyRing) -> None:
+        super().__init__(scopes_supported=scopes)
+        self.issuer, self.resources, self.store, self.keys = issuer, resources, store, keys
+        self.register_grant(CodeGrant, [S256Only(required=True)])
+        self.register_grant(RotatingRefreshGrant)
+        self.register_grant(MachineGrant)
+
+    def query_client(self, client_id: str) -> Client | None:
+        return self.store.get_client(client_id)
+
+    def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
+        pass  # access tokens are self-contained JWTs; refresh tokens are saved when minted
+
+    def send_signal(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def create_oauth2_request(self, request: OAuth2Request) -> OAuth2Request:
+        return request
+
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> JSONResponse:
+        return JSONResponse(body, status_code=status, headers=dict(headers))
+
+    def resource_for(self, requested: str | None) -> str:
+        """RFC 8707: the resource a token is for. Unknown resources are refused, not ignored."""
+        resource = requested or self.resources[0]
+        if resource not in self.resources:
+            raise InvalidTargetError(f"unknown resource {resource!r}")
+        return resource
+
+    def mint(self, client: Client, subject: str, scope: str, resource: str, family: str | None) -> dict[str, Any]:
+        """An RFC 9068 JWT access token for `resource`, and a refresh token of `family` when there is one."""
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": subject,
+            "aud": resource,
+            "client_id": client.client_id,
+            "scope": scope,
+            "iat": now,
+            "exp": now + ACCESS_TOKEN_SECONDS,
+            "jti": uuid.uuid4().hex,
+        }
+        header = {"alg": "RS256", "typ": "at+jwt", "kid": self.keys.current.kid}
+        token: dict[str, Any] = {
+            "access_token": jwt.encode(header, claims, self.keys.current),
+            "token_type": "Bearer",
+            "expires_in": ACCESS_TOKEN_SECONDS,
+            "scope": scope,
+        }
+        if family is not None:
+            refresh = RefreshToken(
+                secrets.token_urlsafe(32),
+                family,
+                client.client_id,
+                subject,
+                scope,
+                resource,
+                now + REFRESH_TOKEN_SECONDS,
+            )
+            self.store.save_refresh_token(refresh)
+            token["refresh_token"] = refresh.token
+        return token
+
+
+class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]  # noqa: RUF012
+
+    def validate_authorization_request(self) -> str:
+        redirect_uri: str = super().validate_authorization_request()
+        try:
+            self.server.resource_for(self.request.payload.data.get("resource"))
+        except InvalidTargetError as error:
+            error.redirect_uri, error.state = redirect_uri, self.request.payload.state
+            raise
+        return redirect_uri
+
+    def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
+        data = request.payload.data
+        self.server.store.save_code(
+            AuthorizationCode(
+                code=code,
+                client_id=request.client.client_id,
+                redirect_uri=data["redirect_uri"],
+                scope=request.client.get_allowed_scope(data.get("scope") or request.client.scope),
+                subject=request.user,
+                resource=self.server.resource_for(data.get("resource")),
+                code_challenge=data["code_challenge"],
+                code_challenge_method=data["code_challenge_method"],
+                expires_at=time.time() + CODE_SECONDS,
+            )
+        )
+
+    def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
+        store: Store = self.server.store
+        found = store.get_code(code)
+        if found is None or found.client_id != client.client_id or found.expires_at < time.time():
+            return None
+        requested = self.request.form.get("resource")
+        if requested is not None and requested != found.resource:
+            raise InvalidTargetError("the token request's resource differs from the authorized one")
+        return found
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        self.server.store.take_code(authorization_code.code)  # single use
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> str:
+        return authorization_code.subject
+
+    def generate_token(self, user: str | None = None, scope: str | None = None, **_: Any) -> dict[str, Any]:
+        code: AuthorizationCode = self.request.authorization_code
+        family = uuid.uuid4().hex if self.request.client.check_grant_type("refresh_token") else None
+        server: OAuthServer = self.server
+        return server.mint(self.request.client, code.subject, code.scope, code.resource, family)
+
+
+class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]  # noqa: RUF012
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
+        store: Store = self.server.store
+        found = store.get_refresh_token(refresh_token)
+        if found is None or found.expires_at < time.time() or self.server.store.family_revoked(found.family):
+            return None
+        if found.used:
+            # A refresh token is good once. Seeing it again means two parties hold it: revoke them all.
+            self.server.store.revoke_family(found.family)
+            raise InvalidGrantError("refresh token reused: every token of this grant is revoked")
+        requested = self.request.form.get("resource")
+        if requested is not None and requested != found.resource:
+            raise InvalidTargetError("the refresh request's resource differs from the authorized one")
+        return found
+
+    def authenticate_user(self, refresh_token: RefreshToken) -> str:
+        return refresh_token.subject
+
+    def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
+        refresh_token.used = True
+        self.server.store.save_refresh_token(refresh_token)
+
+    def generate_token(self, user: str | None = None, scope: str | None = None, **_: Any) -> dict[str, Any]:
+        old: RefreshToken = self.request.refresh_token
+        server: OAuthServer = self.server
+        return server.mint(self.request.client, old.subject, scope or old.scope, old.resource, old.family)
+
+
+class MachineGrant(ClientCredentialsGrant):  # type: ignore[misc]
+    """Client credentials: a machine acting as itself, so the token's subject is the client."""
+
+    def generate_token(self, user: str | None = None, scope: str | None = None, **_: Any) -> dict[str, Any]:
+        client: Client = self.request.client
+        server: OAuthServer = self.server
+        resource = server.resource_for(self.request.form.get("resource"))
+        return server.mint(client, client.client_id, client.get_allowed_scope(scope or client.scope), resource, None)
