@@ -151,9 +151,11 @@ class ServerProcess:
     and the URL comes from its `serving` log event.
     """
 
-    def __init__(self, folder: str, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, folder: str, *args: str, env: Mapping[str, str] | None = None, script: str = "server.py"
+    ) -> None:
         self.folder = folder
-        self.argv = [sys.executable, str(REPO / folder / "server.py"), "-t", "http", "--addr", "127.0.0.1:0"]
+        self.argv = [sys.executable, str(REPO / folder / script), "-t", "http", "--addr", "127.0.0.1:0"]
         self.argv += ["--log-format", "json", *args]
         self.env = server_env(env)
         self.lines: list[str] = []
@@ -234,6 +236,13 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago, for the rare server that must know another's port before it starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def parse_json_line(line: str) -> dict[str, Any] | None:

@@ -1,0 +1,388 @@
+"""03-oauth-mcp: the authorization server and the protected MCP server, with the SDK's own OAuth clients."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from pydantic import AnyUrl
+
+from tests.harness import HTTP_TIMEOUT, INITIALIZE, ServerProcess, free_port, remember_secret
+
+FOLDER = "03-oauth-mcp"
+DEMO_PASSWORD = "demo-password-for-tests"
+MACHINE_SECRET = "machine-secret-for-tests"
+CALLBACK = "http://127.0.0.1:3000/callback"
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class Stack:
+    issuer: str
+    resource: str
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """The authorization server and the MCP server, each a real process, each knowing the other's URL."""
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    env = {"DEMO_PASSWORD": DEMO_PASSWORD, "MACHINE_CLIENT_SECRET": MACHINE_SECRET}
+    with ServerProcess(FOLDER, "--resource", resource, env=env, script="authorization_server.py") as auth:
+        mcp_server = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", auth.url)
+        with mcp_server:
+            assert mcp_server.url == resource
+            yield Stack(auth.url, resource)
+
+
+# --- helpers: what a browser and a client would do ------------------------------------------
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def register(stack: Stack, **metadata: Any) -> dict[str, Any]:
+    body = {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "client_name": "test app", **metadata}
+    response = httpx2.post(f"{stack.issuer}/register", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def sign_in(authorize_url: str, password: str = DEMO_PASSWORD, decision: str = "allow") -> httpx2.Response:
+    """Open the consent page and answer it, as a person in a browser would."""
+    page = httpx2.get(authorize_url)
+    assert page.status_code == 200, page.text
+    fields = dict(re.findall(r'name="(request_id|csrf)" value="([^"]+)"', page.text))
+    answer = {**fields, "username": "demo", "password": password, "decision": decision}
+    return httpx2.post(authorize_url.split("?")[0], data=answer)
+
+
+def authorize_url(stack: Stack, client_id: str, challenge: str, **overrides: str) -> str:
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": CALLBACK,
+        "state": "state-123",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "resource": stack.resource,
+        "scope": "mcp:read",
+        **overrides,
+    }
+    return str(httpx2.URL(f"{stack.issuer}/authorize", params={k: v for k, v in params.items() if v}))
+
+
+def redirect_params(response: httpx2.Response) -> dict[str, str]:
+    assert response.status_code == 302, response.text
+    location = response.headers["location"]
+    assert location.startswith(CALLBACK)
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def code_flow(stack: Stack) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole authorization-code flow by hand; returns the client and the token response."""
+    client = register(stack)
+    verifier, challenge = pkce()
+    params = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))
+    token = httpx2.post(
+        f"{stack.issuer}/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": params["code"],
+            "redirect_uri": CALLBACK,
+            "client_id": client["client_id"],
+            "code_verifier": verifier,
+            "resource": stack.resource,
+        },
+    )
+    assert token.status_code == 200, token.text
+    tokens = dict(token.json())
+    remember_secret(tokens["access_token"])
+    remember_secret(tokens["refresh_token"])
+    return client, tokens
+
+
+# --- the authorization server ---------------------------------------------------------------
+
+
+def test_metadata_is_exact(stack: Stack) -> None:
+    metadata = httpx2.get(f"{stack.issuer}/.well-known/oauth-authorization-server").json()
+    assert metadata["issuer"] == stack.issuer  # byte for byte: no trailing slash
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert metadata["authorization_response_iss_parameter_supported"] is True
+    assert metadata["token_endpoint"] == f"{stack.issuer}/token"
+
+
+def test_code_flow_issues_a_jwt_for_the_resource(stack: Stack) -> None:
+    client, tokens = code_flow(stack)
+    keys = KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json())
+    decoded = jwt.decode(tokens["access_token"], keys, algorithms=["RS256"])
+    assert decoded.header["typ"] == "at+jwt"
+    assert {k: decoded.claims[k] for k in ("iss", "sub", "aud", "client_id", "scope")} == {
+        "iss": stack.issuer,
+        "sub": "demo",
+        "aud": stack.resource,
+        "client_id": client["client_id"],
+        "scope": "mcp:read",
+    }
+
+
+def test_authorization_response_carries_iss_and_state(stack: Stack) -> None:
+    client = register(stack)
+    _, challenge = pkce()
+    allowed = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))
+    denied = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge), decision="deny"))
+    assert (allowed["iss"], allowed["state"]) == (stack.issuer, "state-123")
+    assert (denied["error"], denied["iss"], denied["state"]) == ("access_denied", stack.issuer, "state-123")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        ({"code_challenge": "", "code_challenge_method": ""}, "invalid_request"),  # no PKCE at all
+        ({"code_challenge_method": "plain"}, "invalid_request"),
+        ({"resource": "http://127.0.0.1:1/mcp"}, "invalid_target"),
+    ],
+    ids=["no-pkce", "plain-pkce", "unknown-resource"],
+)
+def test_bad_authorization_requests_get_no_code(stack: Stack, overrides: dict[str, str], error: str) -> None:
+    client = register(stack)
+    _, challenge = pkce()
+    params = redirect_params(httpx2.get(authorize_url(stack, client["client_id"], challenge, **overrides)))
+    assert params["error"] == error and "code" not in params and params["iss"] == stack.issuer
+
+
+def test_unregistered_redirect_uri_is_never_followed(stack: Stack) -> None:
+    client = register(stack)
+    _, challenge = pkce()
+    response = httpx2.get(authorize_url(stack, client["client_id"], challenge, redirect_uri="http://evil.example/cb"))
+    assert response.status_code == 400 and "location" not in response.headers
+
+
+@pytest.mark.parametrize("uri", ["http://evil.example/cb", "http://localhost.evil.example/cb", "javascript:alert(1)"])
+def test_registration_accepts_only_loopback_or_https_redirects(stack: Stack, uri: str) -> None:
+    response = httpx2.post(
+        f"{stack.issuer}/register", json={"redirect_uris": [uri], "token_endpoint_auth_method": "none"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_redirect_uri"
+
+
+def test_consent_page_cannot_be_framed_or_forged(stack: Stack) -> None:
+    client = register(stack, client_name="Gadget <b>Inspector</b>")
+    _, challenge = pkce()
+    url = authorize_url(stack, client["client_id"], challenge)
+    page = httpx2.get(url)
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "Gadget &lt;b&gt;Inspector&lt;/b&gt;" in page.text and "127.0.0.1:3000" in page.text  # name, redirect host
+    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text)
+    assert request_id
+    forged = {"request_id": request_id[1], "csrf": "guess", "username": "demo", "password": DEMO_PASSWORD}
+    assert httpx2.post(f"{stack.issuer}/authorize", data={**forged, "decision": "allow"}).status_code == 403
+
+
+def test_wrong_password_gets_the_page_again_not_a_code(stack: Stack) -> None:
+    client = register(stack)
+    _, challenge = pkce()
+    response = sign_in(authorize_url(stack, client["client_id"], challenge), password="wrong")
+    assert response.status_code == 401 and "Wrong username or password." in response.text
+
+
+def test_code_is_single_use(stack: Stack) -> None:
+    client = register(stack)
+    verifier, challenge = pkce()
+    code = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))["code"]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
+            "client_id": client["client_id"], "code_verifier": verifier}  # fmt: skip
+    first = httpx2.post(f"{stack.issuer}/token", data=form)
+    assert first.status_code == 200
+    remember_secret(first.json()["access_token"])
+    remember_secret(first.json()["refresh_token"])
+    assert httpx2.post(f"{stack.issuer}/token", data=form).json()["error"] == "invalid_grant"
+
+
+def test_wrong_verifier_is_refused(stack: Stack) -> None:
+    client = register(stack)
+    _, challenge = pkce()
+    code = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))["code"]
+    other_verifier, _ = pkce()
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
+            "client_id": client["client_id"], "code_verifier": other_verifier}  # fmt: skip
+    assert httpx2.post(f"{stack.issuer}/token", data=form).json()["error"] == "invalid_grant"
+
+
+def test_refresh_tokens_rotate_and_reuse_revokes_the_family(stack: Stack) -> None:
+    client, tokens = code_flow(stack)
+
+    def refresh(token: str) -> httpx2.Response:
+        form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client["client_id"]}
+        return httpx2.post(f"{stack.issuer}/token", data=form)
+
+    rotated = refresh(tokens["refresh_token"])
+    assert rotated.status_code == 200
+    newer = remember_secret(rotated.json()["refresh_token"])
+    remember_secret(rotated.json()["access_token"])
+    assert newer != tokens["refresh_token"]
+    stolen = refresh(tokens["refresh_token"])  # the old one again: someone else has it
+    assert stolen.status_code == 400 and "reused" in stolen.json()["error_description"]
+    assert refresh(newer).status_code == 400  # the legitimate holder's latest token is revoked too
+
+
+def test_client_credentials(stack: Stack) -> None:
+    response = httpx2.post(
+        f"{stack.issuer}/token",
+        data={"grant_type": "client_credentials", "resource": stack.resource},
+        auth=("workshop-machine", MACHINE_SECRET),
+    )
+    assert response.status_code == 200
+    token = remember_secret(response.json()["access_token"])
+    assert "refresh_token" not in response.json()
+    claims = jwt.decode(token, KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json())).claims
+    assert (claims["sub"], claims["aud"]) == ("workshop-machine", stack.resource)
+    wrong = httpx2.post(
+        f"{stack.issuer}/token", data={"grant_type": "client_credentials"}, auth=("workshop-machine", "x")
+    )
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+
+
+# --- the MCP server (resource server) -------------------------------------------------------
+
+
+def post_mcp(stack: Stack, token: str | None) -> httpx2.Response:
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    return httpx2.post(stack.resource, content=INITIALIZE, headers=headers)
+
+
+def test_no_token_gets_401_with_a_pointer_to_the_metadata(stack: Stack) -> None:
+    response = post_mcp(stack, None)
+    assert response.status_code == 401
+    metadata_url = stack.resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+    assert f'resource_metadata="{metadata_url}"' in response.headers["www-authenticate"]
+    metadata = httpx2.get(metadata_url).json()
+    assert (metadata["resource"], metadata["authorization_servers"]) == (stack.resource, [stack.issuer])
+
+
+def forge(stack: Stack, key: RSAKey | None = None, **claims: Any) -> str:
+    """A token the way an attacker would make one: with their own key, or for another audience, or expired."""
+    keys = KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json())
+    signing = key or RSAKey.generate_key(2048, parameters={"kid": keys.keys[0].kid})
+    body = {"iss": stack.issuer, "sub": "mallory", "aud": stack.resource, "client_id": "x", "scope": "mcp:read",
+            "exp": 4102444800, **claims}  # fmt: skip
+    return remember_secret(jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": signing.kid}, body, signing))
+
+
+def test_tokens_not_issued_for_this_server_are_refused(stack: Stack) -> None:
+    _, tokens = code_flow(stack)
+    assert post_mcp(stack, tokens["access_token"]).status_code == 200
+    assert post_mcp(stack, forge(stack)).status_code == 401  # signed by someone else's key
+    machine = httpx2.post(
+        f"{stack.issuer}/token",
+        data={"grant_type": "client_credentials", "resource": stack.resource},
+        auth=("workshop-machine", MACHINE_SECRET),
+    ).json()["access_token"]
+    remember_secret(machine)
+    assert post_mcp(stack, machine + "x").status_code == 401  # tampered
+    assert post_mcp(stack, "not-a-jwt").status_code == 401
+
+
+class MemoryStorage:
+    """Token storage for the SDK's OAuth client, in memory (client.py keeps it in a file)."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        remember_secret(tokens.access_token)
+        if tokens.refresh_token:
+            remember_secret(tokens.refresh_token)
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+class HeadlessBrowser:
+    """Stands in for the person: follows the authorization URL, signs in, consents, catches the redirect."""
+
+    def __init__(self) -> None:
+        self.result: AuthorizationCodeResult | None = None
+
+    async def open(self, url: str) -> None:
+        params = redirect_params(sign_in(url))
+        self.result = AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
+
+    async def callback(self) -> AuthorizationCodeResult:
+        assert self.result is not None
+        return self.result
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_sdk_client_signs_in_and_calls_who_am_i(stack: Stack, mode: str) -> None:
+    browser = HeadlessBrowser()
+    oauth = OAuthClientProvider(
+        server_url=stack.resource,
+        client_metadata=OAuthClientMetadata(client_name="workshop test", redirect_uris=[AnyUrl(CALLBACK)]),
+        storage=MemoryStorage(),
+        redirect_handler=browser.open,
+        callback_handler=browser.callback,
+    )
+    async with (
+        httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
+        Client(streamable_http_client(stack.resource, http_client=http), mode=mode) as client,
+    ):
+        result = await client.call_tool("who_am_i", {})
+    assert result.structured_content is not None
+    assert {k: result.structured_content[k] for k in ("sub", "aud", "iss", "scope")} == {
+        "sub": "demo",
+        "aud": stack.resource,
+        "iss": stack.issuer,
+        "scope": "mcp:read",
+    }
+
+
+async def test_sdk_machine_client_uses_client_credentials(stack: Stack) -> None:
+    oauth = ClientCredentialsOAuthProvider(
+        server_url=stack.resource,
+        storage=MemoryStorage(),
+        client_id="workshop-machine",
+        client_secret=MACHINE_SECRET,
+        scope="mcp:read",
+        issuer=stack.issuer,
+    )
+    async with (
+        httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
+        Client(streamable_http_client(stack.resource, http_client=http)) as client,
+    ):
+        who = await client.call_tool("who_am_i", {})
+        hint = await client.call_tool("show_auth_token", {})
+    assert who.structured_content is not None and who.structured_content["sub"] == "workshop-machine"
+    assert hint.content[0].text.startswith("Bearer token of ")  # type: ignore[union-attr]
