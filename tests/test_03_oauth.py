@@ -28,6 +28,7 @@ FOLDER = "03-oauth-mcp"
 DEMO_PASSWORD = "demo-password-for-tests"
 MACHINE_SECRET = "machine-secret-for-tests"
 CALLBACK = "http://127.0.0.1:3000/callback"
+OTHER_RESOURCE = "http://127.0.0.1:1/another-server/mcp"  # a second server the same issuer serves
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +45,8 @@ def stack() -> Iterator[Stack]:
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     env = {"DEMO_PASSWORD": DEMO_PASSWORD, "MACHINE_CLIENT_SECRET": MACHINE_SECRET}
-    with ServerProcess(FOLDER, "--resource", resource, env=env, script="authorization_server.py") as auth:
+    resources = ("--resource", resource, "--resource", OTHER_RESOURCE)
+    with ServerProcess(FOLDER, *resources, env=env, script="authorization_server.py") as auth:
         mcp_server = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", auth.url)
         with mcp_server:
             assert mcp_server.url == resource
@@ -284,26 +286,27 @@ def test_no_token_gets_401_with_a_pointer_to_the_metadata(stack: Stack) -> None:
     assert (metadata["resource"], metadata["authorization_servers"]) == (stack.resource, [stack.issuer])
 
 
-def forge(stack: Stack, key: RSAKey | None = None, **claims: Any) -> str:
-    """A token the way an attacker would make one: with their own key, or for another audience, or expired."""
-    keys = KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json())
-    signing = key or RSAKey.generate_key(2048, parameters={"kid": keys.keys[0].kid})
+def forge(stack: Stack) -> str:
+    """A token as an attacker would make one: every claim right, but signed with their own key."""
+    real_kid = str(KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json()).keys[0].kid)
+    signing = RSAKey.generate_key(2048, parameters={"kid": real_kid})
     body = {"iss": stack.issuer, "sub": "mallory", "aud": stack.resource, "client_id": "x", "scope": "mcp:read",
-            "exp": 4102444800, **claims}  # fmt: skip
-    return remember_secret(jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": signing.kid}, body, signing))
+            "exp": 4102444800}  # fmt: skip
+    return remember_secret(jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": real_kid}, body, signing))
+
+
+def machine_token(stack: Stack, resource: str) -> str:
+    form = {"grant_type": "client_credentials", "resource": resource}
+    response = httpx2.post(f"{stack.issuer}/token", data=form, auth=("workshop-machine", MACHINE_SECRET))
+    return remember_secret(response.json()["access_token"])
 
 
 def test_tokens_not_issued_for_this_server_are_refused(stack: Stack) -> None:
     _, tokens = code_flow(stack)
     assert post_mcp(stack, tokens["access_token"]).status_code == 200
     assert post_mcp(stack, forge(stack)).status_code == 401  # signed by someone else's key
-    machine = httpx2.post(
-        f"{stack.issuer}/token",
-        data={"grant_type": "client_credentials", "resource": stack.resource},
-        auth=("workshop-machine", MACHINE_SECRET),
-    ).json()["access_token"]
-    remember_secret(machine)
-    assert post_mcp(stack, machine + "x").status_code == 401  # tampered
+    assert post_mcp(stack, machine_token(stack, stack.resource)[:-2] + "xx").status_code == 401  # tampered
+    assert post_mcp(stack, machine_token(stack, OTHER_RESOURCE)).status_code == 401  # issued for another server
     assert post_mcp(stack, "not-a-jwt").status_code == 401
 
 
