@@ -31,15 +31,22 @@ from shared.config import LogFormat
 
 # Keys whose values are credentials whatever they hold.
 SENSITIVE_KEYS = frozenset({"authorization", "token", "access_token", "refresh_token", "api_key", "password", "secret"})
-# Credentials that slipped into free text, e.g. an exception message quoting a header.
+# Credentials that slipped into free text: a header quoted in an exception, a library's debug line
+# printing a token response ("'access_token': 'eyJ…'"), a bare JWT.
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
+_FIELD = re.compile(
+    r"(?i)(['\"]?(?:access_token|refresh_token|client_secret|code_verifier|password)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,&}]+"
+)
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
 REDACTED = "[redacted]"
 
 
 def redact(value: Any) -> Any:
     """Mask what looks like a credential; leave everything else as it is."""
     if isinstance(value, str):
-        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+        value = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+        value = _FIELD.sub(lambda m: f"{m.group(1)}{REDACTED}", value)
+        return _JWT.sub(REDACTED, value)
     if isinstance(value, Mapping):
         return {k: REDACTED if str(k).lower() in SENSITIVE_KEYS else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -133,8 +133,11 @@ def test_tokens_are_masked_whoever_logs_them(json_log: io.StringIO) -> None:
     )
     logging.getLogger("httpx2").warning("sent Authorization: Bearer raw-4")
     structlog.get_logger().info("upstream said", detail="basic raw-5-credential")
+    logging.getLogger("authlib").warning("Issue token %r", {"access_token": "raw-6", "refresh_token": "raw-7"})
+    logging.getLogger("x").warning("got eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyYXctOCJ9.c2lnbmF0dXJl-raw-8 back")
+    structlog.get_logger().info("form", body="grant_type=refresh_token&refresh_token=raw-9&client_secret=raw-10")
     out = json_log.getvalue()
-    for raw in ("raw-1", "raw-2", "raw-3", "raw-4", "raw-5"):
+    for raw in ("raw-1", "raw-2", "raw-3", "raw-4", "raw-5", "raw-6", "raw-7", "raw-8", "raw-9", "raw-10"):
         assert raw not in out
     assert REDACTED in out
 
