@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -24,31 +25,51 @@ REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
 
 
+def no_args(_offset: int) -> list[str]:
+    return []
+
+
 @dataclass(frozen=True)
 class Module:
     folder: str
     port: int
     summary: str
+    script: str = "server.py"
+    args: Callable[[int], list[str]] = no_args  # given the port offset, the module's own flags
+    offset: int = 0
 
     def moved(self, offset: int) -> Module:
-        return Module(self.folder, self.port + offset, self.summary)
+        return replace(self, offset=offset)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port + self.offset}"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"http://{self.address}" + ("/mcp" if self.script == "server.py" else "")
 
 
-# Each module joins the stack as it lands.
+# Each module joins the stack as it lands. The two halves of 03 must know each other's address.
 STACK = [
     Module("01-basic-mcp", 8081, "tools, a resource and a prompt"),
     Module("02-token-passthrough", 8082, "the caller's token in context (safe mode)"),
+    Module(
+        "03-oauth-mcp", 9000, "the authorization server (its demo login is printed above)", "authorization_server.py",
+        lambda offset: ["--resource", f"http://127.0.0.1:{8083 + offset}/mcp"],
+    ),
+    Module(
+        "03-oauth-mcp", 8083, "needs an access token from the authorization server", "server.py",
+        lambda offset: ["--issuer", f"http://127.0.0.1:{9000 + offset}"],
+    ),
     Module("04-observability", 8084, "traces, metrics at /metrics, correlated logs"),
-]
+]  # fmt: skip
 
 
 def start(module: Module) -> subprocess.Popen[bytes]:
     # A session of its own, so Ctrl-C reaches only this script, which then stops each server once.
-    command = [sys.executable, str(REPO / module.folder / "server.py"), "-t", "http", "--addr", f":{module.port}"]
+    command = [sys.executable, str(REPO / module.folder / module.script), "-t", "http", "--addr", module.address]
+    command += module.args(module.offset)
     return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -58,7 +79,7 @@ def wait_ready(module: Module, process: subprocess.Popen[bytes]) -> bool:
         if process.poll() is not None:
             return False
         try:
-            if httpx2.get(f"http://127.0.0.1:{module.port}/healthz", timeout=1).status_code == 200:
+            if httpx2.get(f"http://{module.address}/healthz", timeout=1).status_code == 200:
                 return True
         except httpx2.TransportError:
             pass

@@ -50,7 +50,7 @@ async def test_make_run_serves_every_module_and_stops_on_ctrl_c() -> None:
         for module in STACK:
             url = module.moved(offset).url
             assert url in text
-            assert httpx2.get(url.removesuffix("/mcp") + "/healthz").json() == {"status": "ok"}
+            assert httpx2.get(f"http://{module.moved(offset).address}/healthz").json() == {"status": "ok"}
         async with http_client(STACK[0].moved(offset).url) as client:
             result = await client.call_tool("echo_message", {"message": "from make run"})
         assert result.content[0].text == "Echo: from make run"  # type: ignore[union-attr]
