@@ -16,13 +16,12 @@ import structlog
 from demo_tokens import MCP_AUDIENCE, UPSTREAM_AUDIENCE, InvalidToken, mint, using_demo_key, verify
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel
 
 from shared import Secret, caller_token, configure_logging, parse_config, serve
 from shared.config import build_parser
 from shared.logs import log_requests
 from shared.tools import add_numbers, echo_message
-from shared.upstream import EMBEDDED_ANYTHING, Caller, Rejected, build_upstream_app, upstream_client
+from shared.upstream import EMBEDDED_ANYTHING, Caller, Rejected, UpstreamReply, build_upstream_app, send_message
 
 DEFAULT_PORT = 8082
 SERVER_IDENTITY = "token-passthrough-server"  # who this server is, to the upstream, in safe mode
@@ -47,7 +46,7 @@ class Settings:
 settings = Settings()
 
 
-def verify_upstream_token(token: str) -> Caller:
+async def verify_upstream_token(token: str) -> Caller:
     """How the embedded upstream checks tokens: only those issued for it."""
     try:
         claims = verify(token, UPSTREAM_AUDIENCE)
@@ -95,16 +94,6 @@ def show_auth_token() -> str:
     return f"{hint}. Valid for this server: {check_token_is_for_us(token)}."
 
 
-class UpstreamReply(BaseModel):
-    """What the upstream API received, as it reported it back."""
-
-    mode: Mode
-    status: int
-    credential_seen: str  # fingerprint of the bearer token that reached the upstream
-    caller_seen: str  # whom the upstream believed it was serving
-    message: str
-
-
 @mcp.tool()
 async def make_authenticated_request(message: str) -> UpstreamReply:
     """Send a message to the upstream API on the caller's behalf and report what the upstream saw."""
@@ -118,21 +107,7 @@ async def make_authenticated_request(message: str) -> UpstreamReply:
     else:
         check_token_is_for_us(token)
         credential = own_upstream_credential()
-    async with upstream_client(settings.upstream_url, upstream_app) as http:
-        response = await http.post(
-            settings.upstream_url, json={"message": message}, headers={"Authorization": f"Bearer {credential.reveal()}"}
-        )
-    if response.status_code != 200:
-        raise ToolError(f"The upstream refused the call (HTTP {response.status_code}): {response.text[:200]}")
-    seen = response.json()
-    caller = seen.get("caller") or {}
-    return UpstreamReply(
-        mode=settings.mode,
-        status=response.status_code,
-        credential_seen=Secret(seen["headers"]["authorization"].removeprefix("Bearer ")).fingerprint(),
-        caller_seen=f"{caller.get('subject', 'unknown')} (client {caller.get('client_id', 'unknown')})",
-        message=(seen.get("json") or {}).get("message", ""),
-    )
+    return await send_message(settings.upstream_url, upstream_app, credential, message, settings.mode)
 
 
 def own_upstream_credential() -> Secret:

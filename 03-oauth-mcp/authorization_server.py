@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import structlog
 from authlib.oauth2.base import OAuth2Error
-from oauth_core import Client, FormRequest, KeyRing, MemoryStore, OAuthServer, Store
+from oauth_core import TOKEN_EXCHANGE, Client, FormRequest, KeyRing, MemoryStore, OAuthServer, Store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -32,12 +32,14 @@ from starlette.routing import Route
 from shared import configure_logging
 from shared.config import build_parser, config_from_args
 from shared.serve import bound_address, listen, run_uvicorn
+from shared.upstream import EMBEDDED_URL
 
 DEFAULT_PORT = 9000
 DEFAULT_RESOURCE = "http://127.0.0.1:8083/mcp"
 SCOPES = ["mcp:read", "mcp:admin"]
 DEMO_USER = "demo"
 MACHINE_CLIENT_ID = "workshop-machine"
+MCP_SERVER_CLIENT_ID = "workshop-mcp-server"  # the MCP server itself, when it exchanges tokens
 PENDING_SECONDS = 600
 
 log = structlog.get_logger("authorization-server")
@@ -116,7 +118,7 @@ class AuthorizationServerApp:
                 "jwks_uri": f"{self.issuer}/jwks",
                 "scopes_supported": SCOPES,
                 "response_types_supported": ["code"],
-                "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+                "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE],
                 "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
                 "code_challenge_methods_supported": ["S256"],
                 "authorization_response_iss_parameter_supported": True,
@@ -253,6 +255,11 @@ class AuthorizationServerApp:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(__doc__, DEFAULT_PORT)
     parser.add_argument(
+        "--upstream-resource",
+        default=EMBEDDED_URL,
+        help=f"the API behind the MCP server, which it may get tokens for by exchange (default: {EMBEDDED_URL})",
+    )
+    parser.add_argument(
         "--resource",
         action="append",
         default=None,
@@ -265,12 +272,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     issuer = f"http://{bound_address(sock, config)}"  # no trailing slash: clients compare it byte for byte
     os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")  # plain HTTP is only acceptable on loopback
     password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(9)
-    server = AuthorizationServerApp(issuer, args.resource or [DEFAULT_RESOURCE], {DEMO_USER: password})
+    mcp_servers = args.resource or [DEFAULT_RESOURCE]
+    server = AuthorizationServerApp(issuer, [*mcp_servers, args.upstream_resource], {DEMO_USER: password})
     machine_secret = os.environ.get("MACHINE_CLIENT_SECRET") or secrets.token_urlsafe(24)
     server.store.save_client(
         Client(MACHINE_CLIENT_ID, "workshop machine client", [], ["client_credentials"], "client_secret_basic",
                "mcp:read", machine_secret)
     )  # fmt: skip
+    # The MCP server's own client: it may exchange the tokens issued for it (and only those) for upstream tokens.
+    if mcp_server_secret := os.environ.get("MCP_SERVER_CLIENT_SECRET"):
+        server.store.save_client(
+            Client(MCP_SERVER_CLIENT_ID, "the workshop MCP server", [], [TOKEN_EXCHANGE], "client_secret_basic",
+                   "mcp:read", mcp_server_secret, audiences=list(mcp_servers))
+        )  # fmt: skip
     # Printed, not logged: these are the demo's credentials, for you to type, and logs mask secrets.
     print(
         f"authorization server {issuer}\n  demo login: {DEMO_USER} / {password}\n"

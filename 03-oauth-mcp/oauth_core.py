@@ -25,14 +25,18 @@ from typing import Any, Protocol
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
 from authlib.oauth2.base import OAuth2Error
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, InvalidGrantError, InvalidRequestError
-from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, ClientCredentialsGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, BaseGrant, ClientCredentialsGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749.grants.base import TokenEndpointMixin
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN, not a secret
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN, not a secret
 ACCESS_TOKEN_SECONDS = 600
 CODE_SECONDS = 60
 REFRESH_TOKEN_SECONDS = 7 * 24 * 3600
@@ -58,6 +62,7 @@ class Client(ClientMixin):  # type: ignore[misc]
     token_endpoint_auth_method: str  # "none" for public clients
     scope: str
     client_secret: str | None = None
+    audiences: list[str] = field(default_factory=list)  # for a server: the resources it is (token exchange)
 
     def get_client_id(self) -> str:
         return self.client_id
@@ -263,6 +268,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         self.register_grant(CodeGrant, [S256Only(required=True)])
         self.register_grant(RotatingRefreshGrant)
         self.register_grant(MachineGrant)
+        self.register_grant(TokenExchangeGrant)
 
     def query_client(self, client_id: str) -> Client | None:
         return self.store.get_client(client_id)
@@ -286,10 +292,31 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             raise InvalidTargetError(f"unknown resource {resource!r}")
         return resource
 
-    def mint(self, client: Client, subject: str, scope: str, resource: str, family: str | None) -> dict[str, Any]:
+    def verify_own_access_token(self, token: str) -> dict[str, Any]:
+        """The claims of an access token this server issued and that is still valid."""
+        try:
+            decoded = jwt.decode(token, KeySet(list(self.keys.keys)), algorithms=["RS256"])
+            jwt.JWTClaimsRegistry(iss={"essential": True, "value": self.issuer}, exp={"essential": True}).validate(
+                decoded.claims
+            )
+        except (JoseError, ValueError):
+            raise InvalidGrantError("subject_token is not a valid access token from this server") from None
+        if decoded.header.get("typ") != "at+jwt":
+            raise InvalidGrantError("subject_token is not an access token")
+        return dict(decoded.claims)
+
+    def mint(
+        self,
+        client: Client,
+        subject: str,
+        scope: str,
+        resource: str,
+        family: str | None,
+        actor: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """An RFC 9068 JWT access token for `resource`, and a refresh token of `family` when there is one."""
         now = int(time.time())
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self.issuer,
             "sub": subject,
             "aud": resource,
@@ -299,6 +326,8 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             "exp": now + ACCESS_TOKEN_SECONDS,
             "jti": uuid.uuid4().hex,
         }
+        if actor is not None:
+            claims["act"] = actor  # RFC 8693: who is acting on the subject's behalf
         header = {"alg": "RS256", "typ": "at+jwt", "kid": self.keys.current.kid}
         token: dict[str, Any] = {
             "access_token": jwt.encode(header, claims, self.keys.current),
@@ -411,3 +440,43 @@ class MachineGrant(ClientCredentialsGrant):  # type: ignore[misc]
         server: OAuthServer = self.server
         resource = server.resource_for(self.request.form.get("resource"))
         return server.mint(client, client.client_id, client.get_allowed_scope(scope or client.scope), resource, None)
+
+
+class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
+    """RFC 8693 token exchange (authlib has none): a service trades its caller's token for one of its own.
+
+    This is how an MCP server calls another API for its user without passing
+    the user's token on. The server authenticates as itself and presents the
+    token it received; the new token is for the other API's audience, names
+    the same user as `sub` and the server as the actor (`act`). A server can
+    exchange only tokens that were issued for it.
+    """
+
+    GRANT_TYPE = TOKEN_EXCHANGE
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]  # noqa: RUF012
+
+    def validate_token_request(self) -> None:
+        client: Client = self.authenticate_token_endpoint_client()
+        if not client.check_grant_type(TOKEN_EXCHANGE):
+            raise InvalidRequestError("this client may not exchange tokens")
+        form = self.request.form
+        if form.get("subject_token_type") != ACCESS_TOKEN_TYPE or not form.get("subject_token"):
+            raise InvalidRequestError(f"send subject_token with subject_token_type={ACCESS_TOKEN_TYPE}")
+        server: OAuthServer = self.server
+        claims = server.verify_own_access_token(form["subject_token"])
+        if claims.get("aud") not in client.audiences:
+            raise InvalidGrantError("a client can only exchange tokens that were issued for it")
+        self.request.client = client
+        self.request.credential = claims
+
+    def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        client: Client = self.request.client
+        claims: dict[str, Any] = self.request.credential
+        server: OAuthServer = self.server
+        target = server.resource_for(self.request.form.get("resource") or self.request.form.get("audience"))
+        if target in client.audiences:
+            raise InvalidTargetError("exchange for another audience than your own")
+        actor = {"sub": client.client_id}
+        token = server.mint(client, str(claims["sub"]), client.get_allowed_scope(client.scope), target, None, actor)
+        token["issued_token_type"] = ACCESS_TOKEN_TYPE
+        return 200, token, self.TOKEN_RESPONSE_HEADER

@@ -35,10 +35,21 @@ from shared.config import build_parser
 from shared.logs import log_requests
 from shared.serve import bound_address, build_http_app, listen, mcp_url, run_uvicorn
 from shared.tools import add_numbers, echo_message
+from shared.upstream import (
+    EMBEDDED_ANYTHING,
+    EMBEDDED_URL,
+    Caller,
+    Rejected,
+    UpstreamReply,
+    Verifier,
+    build_upstream_app,
+    send_message,
+)
 
 DEFAULT_PORT = 8083
 DEFAULT_ISSUER = "http://127.0.0.1:9000"
 REQUIRED_SCOPE = "mcp:read"
+MCP_SERVER_CLIENT_ID = "workshop-mcp-server"  # this server's own client at the authorization server
 JWKS_REFETCH_SECONDS = 30  # at most this often, when a token names a key id we do not know
 
 log = structlog.get_logger("oauth-mcp")
@@ -115,7 +126,45 @@ def show_auth_token() -> str:
     return f"Bearer token of {len(token)} characters, fingerprint {token.fingerprint()}"
 
 
-def create_server(issuer: str, resource: str) -> MCPServer[Any]:
+class TokenExchange:
+    """Trade the caller's token for one the upstream API accepts (RFC 8693), authenticating as this server."""
+
+    def __init__(self, issuer: str, client_id: str, client_secret: str, upstream_resource: str) -> None:
+        self.token_endpoint = f"{issuer}/token"
+        self.auth = (client_id, client_secret)
+        self.upstream_resource = upstream_resource
+
+    async def for_upstream(self, callers_token: str) -> Secret:
+        form = {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": callers_token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "resource": self.upstream_resource,
+        }
+        async with httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http:
+            response = await http.post(self.token_endpoint, data=form, auth=self.auth)
+        if response.status_code != 200:
+            raise ToolError(f"the authorization server refused the token exchange: {response.json().get('error')}")
+        return Secret(response.json()["access_token"])
+
+
+def upstream_verifier(issuer: str, upstream_resource: str) -> Verifier:
+    """How the embedded upstream API checks tokens: issued by our authorization server, for the upstream."""
+    verifier = JwtVerifier(issuer, upstream_resource)
+
+    async def verify(token: str) -> Caller:
+        checked = await verifier.verify_token(token)
+        if checked is None:
+            raise Rejected(f"not a valid access token for {upstream_resource}")
+        actor = (checked.claims or {}).get("act") or {}
+        return Caller(str(checked.subject), checked.client_id, actor.get("sub"))
+
+    return verify
+
+
+def create_server(
+    issuer: str, resource: str, exchange: TokenExchange | None = None, upstream_url: str = EMBEDDED_ANYTHING
+) -> MCPServer[Any]:
     """The MCP server for one canonical URL: the audience its tokens must carry."""
     mcp: MCPServer[Any] = MCPServer(
         "oauth-mcp",
@@ -132,11 +181,36 @@ def create_server(issuer: str, resource: str) -> MCPServer[Any]:
     )
     for tool in (who_am_i, show_auth_token, echo_message, add_numbers):
         mcp.add_tool(tool)
+    upstream_app = build_upstream_app(
+        upstream_verifier(issuer, exchange.upstream_resource if exchange else EMBEDDED_URL)
+    )
+
+    @mcp.tool()
+    async def make_authenticated_request(message: str) -> UpstreamReply:
+        """Send a message to the upstream API on the caller's behalf and report what the upstream saw."""
+        caller = verified_token()
+        if exchange is None:
+            raise ToolError("token exchange is not configured: set MCP_SERVER_CLIENT_SECRET for this server")
+        # The caller's token was issued for this server, and it stays here. The upstream gets a token
+        # minted for it by the authorization server: the caller as subject, this server as actor.
+        upstream_token = await exchange.for_upstream(caller.token)
+        return await send_message(upstream_url, upstream_app, upstream_token, message, "token-exchange")
+
     return mcp
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(__doc__, DEFAULT_PORT)
+    parser.add_argument(
+        "--upstream-url",
+        default=os.environ.get("UPSTREAM_URL", EMBEDDED_ANYTHING),
+        help="the API make_authenticated_request calls (default: the embedded one; env UPSTREAM_URL)",
+    )
+    parser.add_argument(
+        "--upstream-resource",
+        default=os.environ.get("UPSTREAM_RESOURCE", EMBEDDED_URL),
+        help=f"that API's resource identifier at the authorization server (default: {EMBEDDED_URL})",
+    )
     parser.add_argument(
         "--issuer",
         default=os.environ.get("OAUTH_ISSUER", DEFAULT_ISSUER),
@@ -150,7 +224,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(config.log_level, config.log_format)
     sock = listen(config.addr)
     resource = mcp_url(bound_address(sock, config))  # this server's canonical URL, the audience of its tokens
-    mcp = create_server(args.issuer.rstrip("/"), resource)
+    issuer = args.issuer.rstrip("/")
+    secret = os.environ.get("MCP_SERVER_CLIENT_SECRET")
+    exchange = TokenExchange(issuer, MCP_SERVER_CLIENT_ID, secret, args.upstream_resource) if secret else None
+    mcp = create_server(issuer, resource, exchange, args.upstream_url)
     run_uvicorn(build_http_app(mcp, config), sock, config, resource)
 
 

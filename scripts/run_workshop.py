@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -66,11 +67,11 @@ STACK = [
 ]  # fmt: skip
 
 
-def start(module: Module) -> subprocess.Popen[bytes]:
+def start(module: Module, env: dict[str, str]) -> subprocess.Popen[bytes]:
     # A session of its own, so Ctrl-C reaches only this script, which then stops each server once.
     command = [sys.executable, str(REPO / module.folder / module.script), "-t", "http", "--addr", module.address]
     command += module.args(module.offset)
-    return subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def wait_ready(module: Module, process: subprocess.Popen[bytes]) -> bool:
@@ -125,9 +126,11 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    # 03's MCP server authenticates to its authorization server for token exchange: one secret for both.
+    env = {"MCP_SERVER_CLIENT_SECRET": secrets.token_urlsafe(24), **os.environ}
     processes: list[subprocess.Popen[bytes]] = []
     for module in stack:
-        process = start(module)
+        process = start(module, env)
         processes.append(process)
         if not wait_ready(module, process):
             print(f"run_workshop: {module.folder} did not start (see its log above)", file=sys.stderr)

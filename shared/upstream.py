@@ -14,17 +14,19 @@ workshop needs no network; `--upstream-url` points them at a real one.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx2
 import structlog
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from shared.context import bearer_token
+from shared.context import Secret, bearer_token
 
 log = structlog.get_logger("upstream")
 
@@ -39,13 +41,24 @@ class Caller:
 
     subject: str
     client_id: str
+    actor: str | None = None  # RFC 8693 `act`: a service acting for the subject
 
 
 class Rejected(Exception):
     """The verifier's reason to refuse a token; it must not quote the token."""
 
 
-Verifier = Callable[[str], Caller]
+Verifier = Callable[[str], Awaitable[Caller]]
+
+
+class UpstreamReply(BaseModel):
+    """What the upstream API received, as it reported it back."""
+
+    mode: str
+    status: int
+    credential_seen: str  # fingerprint of the bearer token that reached the upstream
+    caller_seen: str  # whom the upstream believed it was serving
+    message: str
 
 
 def build_upstream_app(verify: Verifier) -> Starlette:
@@ -54,7 +67,7 @@ def build_upstream_app(verify: Verifier) -> Starlette:
         if token is None:
             return JSONResponse({"error": "missing bearer token"}, status_code=401)
         try:
-            caller = verify(token.reveal())
+            caller = await verify(token.reveal())
         except Rejected as exc:
             log.warning("upstream refused a token", reason=str(exc), credential=token.fingerprint())
             return JSONResponse({"error": f"invalid token: {exc}"}, status_code=401)
@@ -72,7 +85,7 @@ def build_upstream_app(verify: Verifier) -> Starlette:
                 "headers": dict(request.headers),
                 "data": body.decode(errors="replace"),
                 "json": parsed,
-                "caller": {"subject": caller.subject, "client_id": caller.client_id},
+                "caller": {"subject": caller.subject, "client_id": caller.client_id, "actor": caller.actor},
             }
         )
 
@@ -90,3 +103,24 @@ def upstream_client(url: str, embedded: Starlette) -> httpx2.AsyncClient:
     if url.startswith(EMBEDDED_URL):
         return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=embedded), timeout=HTTP_TIMEOUT)
     return httpx2.AsyncClient(timeout=HTTP_TIMEOUT)
+
+
+async def send_message(url: str, embedded: Starlette, credential: Secret, message: str, mode: str) -> UpstreamReply:
+    """POST a message to the upstream with `credential`, and report what the upstream saw (fingerprints only)."""
+    async with upstream_client(url, embedded) as http:
+        response = await http.post(
+            url, json={"message": message}, headers={"Authorization": f"Bearer {credential.reveal()}"}
+        )
+    if response.status_code != 200:
+        raise ToolError(f"The upstream refused the call (HTTP {response.status_code}): {response.text[:200]}")
+    seen = response.json()
+    caller = seen.get("caller") or {}
+    actor = f", actor {caller['actor']}" if caller.get("actor") else ""
+    who = f"{caller.get('subject', 'unknown')} (client {caller.get('client_id', 'unknown')}{actor})"
+    return UpstreamReply(
+        mode=mode,
+        status=response.status_code,
+        credential_seen=Secret(seen["headers"]["authorization"].removeprefix("Bearer ")).fingerprint(),
+        caller_seen=who,
+        message=(seen.get("json") or {}).get("message", ""),
+    )

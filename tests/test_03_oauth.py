@@ -22,13 +22,26 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from pydantic import AnyUrl
 
-from tests.harness import HTTP_TIMEOUT, INITIALIZE, ServerProcess, free_port, remember_secret
+from shared import Secret
+from shared.upstream import EMBEDDED_URL
+from tests.harness import (
+    HTTP_TIMEOUT,
+    INITIALIZE,
+    ServerProcess,
+    free_port,
+    http_client,
+    load_server,
+    remember_secret,
+    serve_app,
+)
+from tests.test_02_token_passthrough import Recorder
 
 FOLDER = "03-oauth-mcp"
+server = load_server(FOLDER)
 DEMO_PASSWORD = "demo-password-for-tests"
 MACHINE_SECRET = "machine-secret-for-tests"
 CALLBACK = "http://127.0.0.1:3000/callback"
-OTHER_RESOURCE = "http://127.0.0.1:1/another-server/mcp"  # a second server the same issuer serves
+MCP_SERVER_SECRET = "mcp-server-secret-for-tests"
 
 pytestmark = pytest.mark.anyio
 
@@ -37,20 +50,31 @@ pytestmark = pytest.mark.anyio
 class Stack:
     issuer: str
     resource: str
+    other_port: int  # a second MCP server the same issuer knows, started by the tests that need it
+
+    @property
+    def other_resource(self) -> str:
+        return f"http://127.0.0.1:{self.other_port}/mcp"
+
+
+ENV = {
+    "DEMO_PASSWORD": DEMO_PASSWORD,
+    "MACHINE_CLIENT_SECRET": MACHINE_SECRET,
+    "MCP_SERVER_CLIENT_SECRET": MCP_SERVER_SECRET,
+}
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     """The authorization server and the MCP server, each a real process, each knowing the other's URL."""
-    port = free_port()
+    port, other_port = free_port(), free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
-    env = {"DEMO_PASSWORD": DEMO_PASSWORD, "MACHINE_CLIENT_SECRET": MACHINE_SECRET}
-    resources = ("--resource", resource, "--resource", OTHER_RESOURCE)
-    with ServerProcess(FOLDER, *resources, env=env, script="authorization_server.py") as auth:
-        mcp_server = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", auth.url)
+    resources = ("--resource", resource, "--resource", f"http://127.0.0.1:{other_port}/mcp")
+    with ServerProcess(FOLDER, *resources, env=ENV, script="authorization_server.py") as auth:
+        mcp_server = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", auth.url, env=ENV)
         with mcp_server:
             assert mcp_server.url == resource
-            yield Stack(auth.url, resource)
+            yield Stack(auth.url, resource, other_port)
 
 
 # --- helpers: what a browser and a client would do ------------------------------------------
@@ -306,7 +330,7 @@ def test_tokens_not_issued_for_this_server_are_refused(stack: Stack) -> None:
     assert post_mcp(stack, tokens["access_token"]).status_code == 200
     assert post_mcp(stack, forge(stack)).status_code == 401  # signed by someone else's key
     assert post_mcp(stack, machine_token(stack, stack.resource)[:-2] + "xx").status_code == 401  # tampered
-    assert post_mcp(stack, machine_token(stack, OTHER_RESOURCE)).status_code == 401  # issued for another server
+    assert post_mcp(stack, machine_token(stack, stack.other_resource)).status_code == 401  # issued for another server
     assert post_mcp(stack, "not-a-jwt").status_code == 401
 
 
@@ -389,3 +413,59 @@ async def test_sdk_machine_client_uses_client_credentials(stack: Stack) -> None:
         hint = await client.call_tool("show_auth_token", {})
     assert who.structured_content is not None and who.structured_content["sub"] == "workshop-machine"
     assert hint.content[0].text.startswith("Bearer token of ")  # type: ignore[union-attr]
+
+
+# --- calling the upstream for the user: token exchange, not passthrough ---------------------
+
+
+async def test_upstream_call_uses_an_exchanged_token(stack: Stack) -> None:
+    storage = MemoryStorage()
+    browser = HeadlessBrowser()
+    oauth = OAuthClientProvider(
+        server_url=stack.resource,
+        client_metadata=OAuthClientMetadata(client_name="workshop test", redirect_uris=[AnyUrl(CALLBACK)]),
+        storage=storage,
+        redirect_handler=browser.open,
+        callback_handler=browser.callback,
+    )
+    async with (
+        httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
+        Client(streamable_http_client(stack.resource, http_client=http)) as client,
+    ):
+        result = await client.call_tool("make_authenticated_request", {"message": "hello upstream"})
+    reply = result.structured_content
+    assert reply is not None, result
+    assert storage.tokens is not None
+    assert reply["caller_seen"] == "demo (client workshop-mcp-server, actor workshop-mcp-server)"
+    assert reply["credential_seen"] != Secret(storage.tokens.access_token).fingerprint()
+    assert (reply["mode"], reply["message"]) == ("token-exchange", "hello upstream")
+
+
+async def test_callers_token_never_leaves_the_mcp_server(stack: Stack) -> None:
+    recorder = Recorder(server.build_upstream_app(server.upstream_verifier(stack.issuer, EMBEDDED_URL)))
+    async with serve_app(recorder) as upstream:
+        other = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{stack.other_port}", "--issuer", stack.issuer,
+                              "--upstream-url", upstream + "/anything", env=ENV)  # fmt: skip
+        with other:
+            token = machine_token(stack, stack.other_resource)
+            async with http_client(other.url, headers={"Authorization": f"Bearer {token}"}) as client:
+                result = await client.call_tool("make_authenticated_request", {"message": "spy on me"})
+    assert result.structured_content is not None, result
+    received = b"\n".join(recorder.seen)
+    assert b"spy on me" in received
+    assert token.encode() not in received  # the upstream saw an exchanged token, never the caller's
+
+
+def test_a_server_can_exchange_only_tokens_issued_for_it(stack: Stack) -> None:
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+        "subject_token": machine_token(stack, stack.other_resource),
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "resource": EMBEDDED_URL,
+    }
+    # workshop-mcp-server may exchange tokens for both of its resources; a stranger may exchange nothing.
+    stranger = httpx2.post(f"{stack.issuer}/token", data=form, auth=("workshop-machine", MACHINE_SECRET))
+    assert stranger.json()["error"] in ("unauthorized_client", "invalid_request")
+    forged = httpx2.post(f"{stack.issuer}/token", data={**form, "subject_token": forge(stack)},
+                         auth=("workshop-mcp-server", MCP_SERVER_SECRET))  # fmt: skip
+    assert forged.json()["error"] == "invalid_grant"
