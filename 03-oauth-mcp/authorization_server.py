@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from shared import configure_logging
 from shared.config import build_parser, config_from_args
+from shared.context import bearer_token
 from shared.serve import bound_address, listen, run_uvicorn
 from shared.upstream import EMBEDDED_URL
 
@@ -104,6 +105,7 @@ class AuthorizationServerApp:
                 Route("/register", self.register, methods=["POST"]),
                 Route("/authorize", self.authorize, methods=["GET", "POST"]),
                 Route("/token", self.token, methods=["POST"]),
+                Route("/admin/clients", self.list_clients),
                 Route("/healthz", lambda _: JSONResponse({"status": "ok"})),
             ]
         )
@@ -159,7 +161,9 @@ class AuthorizationServerApp:
             redirect_uris=redirect_uris,
             grant_types=list(grant_types),
             token_endpoint_auth_method=method,
-            scope=" ".join(s for s in str(body.get("scope") or "mcp:read").split() if s in SCOPES) or "mcp:read",
+            # Any scope this server knows: a client asks for some of them at each authorization, the user
+            # consents to those, and a client that later needs more (step-up) asks again, without re-registering.
+            scope=" ".join(SCOPES),
             client_secret=None if method == "none" else secrets.token_urlsafe(32),
         )
         self.store.save_client(client)
@@ -245,6 +249,31 @@ class AuthorizationServerApp:
 </body></html>"""
         return HTMLResponse(body, status_code=401 if error else 200, headers=PAGE_HEADERS)
 
+    @property
+    def admin_resource(self) -> str:
+        """The audience of tokens for this server's own small admin API."""
+        return f"{self.issuer}/admin"
+
+    async def list_clients(self, request: Request) -> JSONResponse:
+        """The registered clients, without their secrets: for a token issued for this API with `mcp:admin`."""
+        token = bearer_token(request.headers.get("authorization"))
+        try:
+            claims = self.oauth.verify_own_access_token(token.reveal() if token else "")
+        except OAuth2Error:
+            claims = {}
+        if claims.get("aud") != self.admin_resource:
+            return JSONResponse({"error": "invalid_token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if "mcp:admin" not in str(claims.get("scope", "")).split():
+            challenge = 'Bearer error="insufficient_scope", scope="mcp:admin"'
+            return JSONResponse(
+                {"error": "insufficient_scope"}, status_code=403, headers={"WWW-Authenticate": challenge}
+            )
+        clients = [
+            {k: v for k, v in client.public_metadata().items() if k != "client_secret"}
+            for client in self.store.all_clients()
+        ]
+        return JSONResponse({"clients": clients})
+
     async def token(self, request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
         oauth_request = FormRequest("POST", str(request.url), request.headers, dict(request.query_params), form)
@@ -273,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("AUTHLIB_INSECURE_TRANSPORT", "1")  # plain HTTP is only acceptable on loopback
     password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(9)
     mcp_servers = args.resource or [DEFAULT_RESOURCE]
-    server = AuthorizationServerApp(issuer, [*mcp_servers, args.upstream_resource], {DEMO_USER: password})
+    resources = [*mcp_servers, args.upstream_resource, f"{issuer}/admin"]
+    server = AuthorizationServerApp(issuer, resources, {DEMO_USER: password})
     machine_secret = os.environ.get("MACHINE_CLIENT_SECRET") or secrets.token_urlsafe(24)
     server.store.save_client(
         Client(MACHINE_CLIENT_ID, "workshop machine client", [], ["client_credentials"], "client_secret_basic",

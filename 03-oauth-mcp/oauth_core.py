@@ -477,6 +477,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         if target in client.audiences:
             raise InvalidTargetError("exchange for another audience than your own")
         actor = {"sub": client.client_id}
-        token = server.mint(client, str(claims["sub"]), client.get_allowed_scope(client.scope), target, None, actor)
+        # The new token carries no more than the caller granted: the subject token's own scope.
+        token = server.mint(client, str(claims["sub"]), str(claims.get("scope", "")), target, None, actor)
         token["issued_token_type"] = ACCESS_TOKEN_TYPE
         return 200, token, self.TOKEN_RESPONSE_HEADER

@@ -13,22 +13,19 @@ metadata that says where to get one (RFC 9728).
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
 import httpx2
 import structlog
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
-from joserfc.jws import extract_compact
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import AnyHttpUrl
+from resource_auth import JwtVerifier, ScopeGate, TokenExchange, upstream_verifier
+from starlette.middleware import Middleware
 
 from shared import Secret, configure_logging, parse_config
 from shared.config import build_parser
@@ -38,10 +35,7 @@ from shared.tools import add_numbers, echo_message
 from shared.upstream import (
     EMBEDDED_ANYTHING,
     EMBEDDED_URL,
-    Caller,
-    Rejected,
     UpstreamReply,
-    Verifier,
     build_upstream_app,
     send_message,
 )
@@ -49,62 +43,10 @@ from shared.upstream import (
 DEFAULT_PORT = 8083
 DEFAULT_ISSUER = "http://127.0.0.1:9000"
 REQUIRED_SCOPE = "mcp:read"
+TOOL_SCOPES = {"list_oauth_clients": ["mcp:admin"]}  # what a tool needs beyond REQUIRED_SCOPE
 MCP_SERVER_CLIENT_ID = "workshop-mcp-server"  # this server's own client at the authorization server
-JWKS_REFETCH_SECONDS = 30  # at most this often, when a token names a key id we do not know
 
 log = structlog.get_logger("oauth-mcp")
-
-
-class JwtVerifier(TokenVerifier):
-    """Validate RFC 9068 JWT access tokens locally, with the issuer's keys from its JWKS endpoint.
-
-    Every check is spelled out, because a JWT library's decode alone checks
-    only the signature: an expired token, or one issued for another
-    service, would pass.
-    """
-
-    def __init__(self, issuer: str, resource: str, jwks_url: str | None = None) -> None:
-        self.issuer, self.resource = issuer, resource
-        self.jwks_url = jwks_url or f"{issuer}/jwks"
-        self.keys: KeySet | None = None
-        self.fetched_at = 0.0
-
-    async def key_set(self, kid: str | None) -> KeySet:
-        """The cached keys; fetched again when a token names a key id not among them (the issuer rotated)."""
-        known = self.keys is not None and any(key.kid == kid for key in self.keys.keys)
-        if self.keys is None or (not known and time.monotonic() - self.fetched_at > JWKS_REFETCH_SECONDS):
-            async with httpx2.AsyncClient(timeout=httpx2.Timeout(10)) as http:
-                response = await http.get(self.jwks_url)
-                response.raise_for_status()
-            self.keys, self.fetched_at = KeySet.import_key_set(response.json()), time.monotonic()
-        return self.keys
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        try:
-            header = extract_compact(token.encode()).headers()
-            if header.get("typ") != "at+jwt":  # not an ID token, not some other JWT
-                return None
-            decoded = jwt.decode(token, await self.key_set(header.get("kid")), algorithms=["RS256"])
-            jwt.JWTClaimsRegistry(
-                leeway=30,
-                iss={"essential": True, "value": self.issuer},
-                aud={"essential": True, "value": self.resource},
-                exp={"essential": True},
-                sub={"essential": True},
-            ).validate(decoded.claims)
-        except (JoseError, ValueError, httpx2.HTTPError) as exc:
-            log.info("token refused", reason=type(exc).__name__)
-            return None
-        claims = decoded.claims
-        return AccessToken(
-            token=token,
-            client_id=str(claims.get("client_id", "")),
-            scopes=str(claims.get("scope", "")).split(),
-            expires_at=int(claims["exp"]),
-            resource=self.resource,
-            subject=str(claims["sub"]),
-            claims=claims,
-        )
 
 
 def verified_token() -> AccessToken:
@@ -124,42 +66,6 @@ def show_auth_token() -> str:
     """Show a masked hint of the caller's access token (its length and fingerprint), never the token itself."""
     token = Secret(verified_token().token)
     return f"Bearer token of {len(token)} characters, fingerprint {token.fingerprint()}"
-
-
-class TokenExchange:
-    """Trade the caller's token for one the upstream API accepts (RFC 8693), authenticating as this server."""
-
-    def __init__(self, issuer: str, client_id: str, client_secret: str, upstream_resource: str) -> None:
-        self.token_endpoint = f"{issuer}/token"
-        self.auth = (client_id, client_secret)
-        self.upstream_resource = upstream_resource
-
-    async def for_upstream(self, callers_token: str) -> Secret:
-        form = {
-            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
-            "subject_token": callers_token,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            "resource": self.upstream_resource,
-        }
-        async with httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http:
-            response = await http.post(self.token_endpoint, data=form, auth=self.auth)
-        if response.status_code != 200:
-            raise ToolError(f"the authorization server refused the token exchange: {response.json().get('error')}")
-        return Secret(response.json()["access_token"])
-
-
-def upstream_verifier(issuer: str, upstream_resource: str) -> Verifier:
-    """How the embedded upstream API checks tokens: issued by our authorization server, for the upstream."""
-    verifier = JwtVerifier(issuer, upstream_resource)
-
-    async def verify(token: str) -> Caller:
-        checked = await verifier.verify_token(token)
-        if checked is None:
-            raise Rejected(f"not a valid access token for {upstream_resource}")
-        actor = (checked.claims or {}).get("act") or {}
-        return Caller(str(checked.subject), checked.client_id, actor.get("sub"))
-
-    return verify
 
 
 def create_server(
@@ -193,8 +99,27 @@ def create_server(
             raise ToolError("token exchange is not configured: set MCP_SERVER_CLIENT_SECRET for this server")
         # The caller's token was issued for this server, and it stays here. The upstream gets a token
         # minted for it by the authorization server: the caller as subject, this server as actor.
-        upstream_token = await exchange.for_upstream(caller.token)
+        upstream_token = await exchange.for_resource(caller.token, exchange.upstream_resource)
         return await send_message(upstream_url, upstream_app, upstream_token, message, "token-exchange")
+
+    @mcp.tool()
+    async def list_oauth_clients() -> list[dict[str, Any]]:
+        """List the OAuth clients registered at the authorization server (needs the mcp:admin scope)."""
+        # ScopeGate has already refused callers without mcp:admin, with a 403 their client can act on.
+        caller = verified_token()
+        if exchange is None:
+            raise ToolError("token exchange is not configured: set MCP_SERVER_CLIENT_SECRET for this server")
+        admin_token = await exchange.for_resource(caller.token, f"{issuer}/admin")
+        async with httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http:
+            response = await http.get(
+                f"{issuer}/admin/clients", headers={"Authorization": f"Bearer {admin_token.reveal()}"}
+            )
+        if response.status_code != 200:
+            raise ToolError(f"the authorization server refused the listing (HTTP {response.status_code})")
+        return [
+            {"client_id": c["client_id"], "client_name": c["client_name"], "grant_types": c["grant_types"]}
+            for c in response.json()["clients"]
+        ]
 
     return mcp
 
@@ -228,7 +153,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     secret = os.environ.get("MCP_SERVER_CLIENT_SECRET")
     exchange = TokenExchange(issuer, MCP_SERVER_CLIENT_ID, secret, args.upstream_resource) if secret else None
     mcp = create_server(issuer, resource, exchange, args.upstream_url)
-    run_uvicorn(build_http_app(mcp, config), sock, config, resource)
+    metadata_url = resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+    gate = Middleware(
+        ScopeGate,
+        verifier=JwtVerifier(issuer, resource),
+        resource_metadata=metadata_url,
+        base_scope=REQUIRED_SCOPE,
+        tool_scopes=TOOL_SCOPES,
+    )
+    run_uvicorn(build_http_app(mcp, config, middleware=[gate]), sock, config, resource)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -469,3 +470,43 @@ def test_a_server_can_exchange_only_tokens_issued_for_it(stack: Stack) -> None:
     forged = httpx2.post(f"{stack.issuer}/token", data={**form, "subject_token": forge(stack)},
                          auth=("workshop-mcp-server", MCP_SERVER_SECRET))  # fmt: skip
     assert forged.json()["error"] == "invalid_grant"
+
+
+# --- a tool that needs more: step-up authorization -----------------------------------------
+
+
+def test_a_tool_needing_more_scope_gets_a_403_challenge(stack: Stack) -> None:
+    call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_oauth_clients"}})
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "authorization": f"Bearer {machine_token(stack, stack.resource)}",  # it has mcp:read only
+    }
+    response = httpx2.post(stack.resource, content=call, headers=headers)
+    assert response.status_code == 403
+    challenge = response.headers["www-authenticate"]
+    assert 'error="insufficient_scope"' in challenge and 'scope="mcp:read mcp:admin"' in challenge
+    assert 'resource_metadata="' in challenge
+
+
+async def test_sdk_client_steps_up_to_the_admin_scope(stack: Stack) -> None:
+    browser = HeadlessBrowser()
+    storage = MemoryStorage()
+    oauth = OAuthClientProvider(
+        server_url=stack.resource,
+        client_metadata=OAuthClientMetadata(client_name="step-up test", redirect_uris=[AnyUrl(CALLBACK)]),
+        storage=storage,
+        redirect_handler=browser.open,
+        callback_handler=browser.callback,
+    )
+    async with (
+        httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
+        Client(streamable_http_client(stack.resource, http_client=http)) as client,
+    ):
+        who = await client.call_tool("who_am_i", {})
+        listed = await client.call_tool("list_oauth_clients", {})  # 403, sign in again with more scope, retry
+    assert who.structured_content is not None and who.structured_content["scope"] == "mcp:read"
+    assert listed.structured_content is not None, listed
+    names = [c["client_id"] for c in listed.structured_content["result"]]
+    assert "workshop-machine" in names
+    assert storage.tokens is not None and "mcp:admin" in (storage.tokens.scope or "")
