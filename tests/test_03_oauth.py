@@ -7,11 +7,16 @@ import hashlib
 import json
 import re
 import secrets
+import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx2
 import pytest
 from joserfc import jwt
@@ -22,18 +27,25 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from pydantic import AnyUrl
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from shared import Secret
 from shared.upstream import EMBEDDED_URL
 from tests.harness import (
+    CAPTURED_LOGS,
     HTTP_TIMEOUT,
     INITIALIZE,
+    REPO,
     ServerProcess,
     free_port,
     http_client,
     load_server,
     remember_secret,
     serve_app,
+    server_env,
 )
 from tests.test_02_token_passthrough import Recorder
 
@@ -510,3 +522,68 @@ async def test_sdk_client_steps_up_to_the_admin_scope(stack: Stack) -> None:
     names = [c["client_id"] for c in listed.structured_content["result"]]
     assert "workshop-machine" in names
     assert storage.tokens is not None and "mcp:admin" in (storage.tokens.scope or "")
+
+
+# --- client.py: the OAuth client an attendee runs ---------------------------------------------
+
+
+def run_client(stack: Stack, *args: str, token_dir: Path, browser: str) -> subprocess.CompletedProcess[str]:
+    env = server_env(
+        {"MCP_WORKSHOP_TOKEN_DIR": str(token_dir), "BROWSER": browser, "DEMO_PASSWORD": DEMO_PASSWORD, **ENV}
+    )
+    done = subprocess.run(
+        [sys.executable, str(REPO / FOLDER / "client.py"), *args, stack.resource],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    CAPTURED_LOGS.append(done.stderr.splitlines())
+    return done
+
+
+def test_client_signs_in_through_the_browser_and_keeps_its_tokens_private(stack: Stack, tmp_path: Path) -> None:
+    browser = f"{sys.executable} {REPO / 'tests' / 'fake_browser.py'} %s"
+    first = run_client(stack, token_dir=tmp_path, browser=browser)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["sub"] == "demo"
+    [stored] = list(tmp_path.iterdir())
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    tokens = json.loads(stored.read_text())["tokens"]
+    remember_secret(tokens["access_token"])
+    remember_secret(tokens.get("refresh_token", ""))
+    # The next run signs in with the stored tokens: no browser at all.
+    again = run_client(stack, token_dir=tmp_path, browser="false %s")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["sub"] == "demo"
+
+
+def test_client_credentials_mode(stack: Stack, tmp_path: Path) -> None:
+    done = run_client(stack, "--client-credentials", token_dir=tmp_path, browser="false %s")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sub"] == "workshop-machine"
+
+
+async def test_client_refuses_an_authorization_server_without_s256(tmp_path: Path) -> None:
+    async def metadata(request: Request) -> JSONResponse:
+        base = str(request.base_url).rstrip("/")
+        if request.url.path.endswith("oauth-authorization-server"):
+            endpoints = {"authorization_endpoint": f"{base}/authorize", "token_endpoint": f"{base}/token"}
+            return JSONResponse({"issuer": base, **endpoints, "code_challenge_methods_supported": ["plain"]})
+        return JSONResponse({"resource": f"{base}/mcp", "authorization_servers": [base]})
+
+    async def protected(request: Request) -> JSONResponse:
+        base = str(request.base_url).rstrip("/")
+        challenge = f'Bearer resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"'
+        return JSONResponse({}, status_code=401, headers={"WWW-Authenticate": challenge})
+
+    app = Starlette(
+        routes=[
+            Route("/mcp", protected, methods=["POST"]),
+            Route("/.well-known/oauth-protected-resource/mcp", metadata),
+            Route("/.well-known/oauth-authorization-server", metadata),
+        ]
+    )
+    async with serve_app(app) as base:
+        done = await anyio.to_thread.run_sync(
+            lambda: run_client(Stack(base, f"{base}/mcp", 0), token_dir=tmp_path, browser="false %s")
+        )
+    assert done.returncode == 1
+    assert "does not offer S256 PKCE; refusing to sign in there" in done.stderr
