@@ -10,6 +10,7 @@ with a key published at /jwks, for exactly one resource.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import html
 import ipaddress
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import structlog
 from authlib.oauth2.base import OAuth2Error
@@ -105,6 +106,8 @@ class AuthorizationServerApp:
                 Route("/register", self.register, methods=["POST"]),
                 Route("/authorize", self.authorize, methods=["GET", "POST"]),
                 Route("/token", self.token, methods=["POST"]),
+                Route("/introspect", self.introspect, methods=["POST"]),
+                Route("/revoke", self.revoke, methods=["POST"]),
                 Route("/admin/clients", self.list_clients),
                 Route("/healthz", lambda _: JSONResponse({"status": "ok"})),
             ]
@@ -118,6 +121,8 @@ class AuthorizationServerApp:
                 "token_endpoint": f"{self.issuer}/token",
                 "registration_endpoint": f"{self.issuer}/register",
                 "jwks_uri": f"{self.issuer}/jwks",
+                "introspection_endpoint": f"{self.issuer}/introspect",
+                "revocation_endpoint": f"{self.issuer}/revoke",
                 "scopes_supported": SCOPES,
                 "response_types_supported": ["code"],
                 "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE],
@@ -273,6 +278,53 @@ class AuthorizationServerApp:
             for client in self.store.all_clients()
         ]
         return JSONResponse({"clients": clients})
+
+    def authenticated_client(self, request: Request, form: dict[str, str]) -> Client | None:
+        """The client a request authenticates as: HTTP Basic for confidential clients, client_id for public ones."""
+        basic = request.headers.get("authorization", "")
+        if basic.lower().startswith("basic "):
+            try:
+                client_id, _, secret = base64.b64decode(basic[6:]).decode().partition(":")
+            except ValueError:
+                return None
+            client = self.store.get_client(unquote(client_id))
+            return client if client is not None and client.check_client_secret(unquote(secret)) else None
+        client = self.store.get_client(form.get("client_id", ""))
+        return client if client is not None and client.client_secret is None else None  # a public client
+
+    async def introspect(self, request: Request) -> JSONResponse:
+        """RFC 7662: is this access token active, and what does it say? Only for authenticated clients."""
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        client = self.authenticated_client(request, form)
+        if client is None or client.client_secret is None:
+            headers = {"WWW-Authenticate": "Basic"}
+            return JSONResponse({"error": "invalid_client"}, status_code=401, headers=headers)
+        try:
+            claims = self.oauth.verify_own_access_token(form.get("token", ""))
+        except OAuth2Error:
+            return JSONResponse({"active": False})  # refresh tokens, revoked, expired, or not ours: all inactive
+        return JSONResponse({"active": True, "token_type": "access_token", **claims})
+
+    async def revoke(self, request: Request) -> JSONResponse:
+        """RFC 7009: revoke a refresh token (its whole grant goes with it) or an access token."""
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        client = self.authenticated_client(request, form)
+        if client is None:
+            return JSONResponse({"error": "invalid_client"}, status_code=401)
+        token = form.get("token", "")
+        refresh = self.store.get_refresh_token(token)
+        if refresh is not None and refresh.client_id == client.client_id:
+            self.store.revoke_family(refresh.family)
+            log.info("grant revoked", client_id=client.client_id)
+        else:
+            try:
+                claims = self.oauth.verify_own_access_token(token)
+            except OAuth2Error:
+                claims = {}
+            if claims.get("client_id") == client.client_id:
+                self.store.revoke_access_token(str(claims["jti"]))
+                log.info("access token revoked", client_id=client.client_id)
+        return JSONResponse({})  # the same answer whatever the token was: nothing to probe
 
     async def token(self, request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}

@@ -155,6 +155,9 @@ class Store(Protocol):
     def get_refresh_token(self, token: str) -> RefreshToken | None: ...
     def revoke_family(self, family: str) -> None: ...
     def family_revoked(self, family: str) -> bool: ...
+    def record_access_token(self, jti: str, family: str | None) -> None: ...
+    def revoke_access_token(self, jti: str) -> None: ...
+    def access_token_revoked(self, jti: str) -> bool: ...
 
 
 @dataclass
@@ -165,6 +168,8 @@ class MemoryStore:
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
     refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
     revoked_families: set[str] = field(default_factory=set)
+    access_token_families: dict[str, str | None] = field(default_factory=dict)
+    revoked_access_tokens: set[str] = field(default_factory=set)
 
     def get_client(self, client_id: str) -> Client | None:
         return self.clients.get(client_id)
@@ -195,6 +200,16 @@ class MemoryStore:
 
     def family_revoked(self, family: str) -> bool:
         return family in self.revoked_families
+
+    def record_access_token(self, jti: str, family: str | None) -> None:
+        self.access_token_families[jti] = family
+
+    def revoke_access_token(self, jti: str) -> None:
+        self.revoked_access_tokens.add(jti)
+
+    def access_token_revoked(self, jti: str) -> bool:
+        family = self.access_token_families.get(jti)
+        return jti in self.revoked_access_tokens or (family is not None and family in self.revoked_families)
 
 
 # --- signing keys ---------------------------------------------------------------------------
@@ -303,6 +318,8 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             raise InvalidGrantError("subject_token is not a valid access token from this server") from None
         if decoded.header.get("typ") != "at+jwt":
             raise InvalidGrantError("subject_token is not an access token")
+        if self.store.access_token_revoked(str(decoded.claims.get("jti"))):
+            raise InvalidGrantError("subject_token has been revoked")
         return dict(decoded.claims)
 
     def mint(
@@ -328,6 +345,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         }
         if actor is not None:
             claims["act"] = actor  # RFC 8693: who is acting on the subject's behalf
+        self.store.record_access_token(claims["jti"], family)  # so that revoking the grant reaches it too
         header = {"alg": "RS256", "typ": "at+jwt", "kid": self.keys.current.kid}
         token: dict[str, Any] = {
             "access_token": jwt.encode(header, claims, self.keys.current),

@@ -20,11 +20,11 @@ import httpx2
 import structlog
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import AnyHttpUrl
-from resource_auth import JwtVerifier, ScopeGate, TokenExchange, upstream_verifier
+from resource_auth import IntrospectionVerifier, JwtVerifier, ScopeGate, TokenExchange, upstream_verifier
 from starlette.middleware import Middleware
 
 from shared import Secret, configure_logging, parse_config
@@ -69,14 +69,18 @@ def show_auth_token() -> str:
 
 
 def create_server(
-    issuer: str, resource: str, exchange: TokenExchange | None = None, upstream_url: str = EMBEDDED_ANYTHING
+    issuer: str,
+    resource: str,
+    verifier: TokenVerifier,
+    exchange: TokenExchange | None = None,
+    upstream_url: str = EMBEDDED_ANYTHING,
 ) -> MCPServer[Any]:
     """The MCP server for one canonical URL: the audience its tokens must carry."""
     mcp: MCPServer[Any] = MCPServer(
         "oauth-mcp",
         instructions="Tells you who you are, according to your OAuth access token.",
         middleware=[log_requests],
-        token_verifier=JwtVerifier(issuer, resource),
+        token_verifier=verifier,
         auth=AuthSettings(
             # Plain strings, on purpose: a URL object would add a trailing slash that clients then reject.
             issuer_url=cast(AnyHttpUrl, issuer),
@@ -137,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         help=f"that API's resource identifier at the authorization server (default: {EMBEDDED_URL})",
     )
     parser.add_argument(
+        "--introspect",
+        action="store_true",
+        help="ask the authorization server about every token (revocation takes effect at once) "
+        "instead of checking JWTs locally; needs MCP_SERVER_CLIENT_SECRET",
+    )
+    parser.add_argument(
         "--issuer",
         default=os.environ.get("OAUTH_ISSUER", DEFAULT_ISSUER),
         help=f"the authorization server whose tokens to accept (default: {DEFAULT_ISSUER}; env OAUTH_ISSUER)",
@@ -152,11 +162,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     issuer = args.issuer.rstrip("/")
     secret = os.environ.get("MCP_SERVER_CLIENT_SECRET")
     exchange = TokenExchange(issuer, MCP_SERVER_CLIENT_ID, secret, args.upstream_resource) if secret else None
-    mcp = create_server(issuer, resource, exchange, args.upstream_url)
+    verifier: TokenVerifier = JwtVerifier(issuer, resource)
+    if args.introspect:
+        if not secret:
+            parser.error("--introspect authenticates to the authorization server: set MCP_SERVER_CLIENT_SECRET")
+        verifier = IntrospectionVerifier(issuer, resource, MCP_SERVER_CLIENT_ID, secret)
+    mcp = create_server(issuer, resource, verifier, exchange, args.upstream_url)
     metadata_url = resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
     gate = Middleware(
         ScopeGate,
-        verifier=JwtVerifier(issuer, resource),
+        verifier=verifier,
         resource_metadata=metadata_url,
         base_scope=REQUIRED_SCOPE,
         tool_scopes=TOOL_SCOPES,

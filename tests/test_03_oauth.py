@@ -587,3 +587,52 @@ async def test_client_refuses_an_authorization_server_without_s256(tmp_path: Pat
         )
     assert done.returncode == 1
     assert "does not offer S256 PKCE; refusing to sign in there" in done.stderr
+
+
+# --- introspection and revocation ------------------------------------------------------------
+
+
+def introspect(
+    stack: Stack, token: str, auth: tuple[str, str] | None = ("workshop-mcp-server", MCP_SERVER_SECRET)
+) -> Any:
+    return httpx2.post(f"{stack.issuer}/introspect", data={"token": token}, auth=auth)
+
+
+def test_introspection_reports_only_active_access_tokens(stack: Stack) -> None:
+    _, tokens = code_flow(stack)
+    active = introspect(stack, tokens["access_token"]).json()
+    assert (active["active"], active["sub"], active["aud"], active["token_type"]) == (
+        True, "demo", stack.resource, "access_token",
+    )  # fmt: skip
+    assert introspect(stack, tokens["refresh_token"]).json() == {"active": False}
+    assert introspect(stack, tokens["access_token"], auth=None).status_code == 401  # only for authenticated clients
+
+
+def test_revoking_a_grant_ends_its_refresh_and_access_tokens(stack: Stack) -> None:
+    client, tokens = code_flow(stack)
+    form = {"token": tokens["refresh_token"], "client_id": client["client_id"]}
+    assert httpx2.post(f"{stack.issuer}/revoke", data=form).status_code == 200
+    refresh = {
+        "grant_type": "refresh_token",
+        "refresh_token": tokens["refresh_token"],
+        "client_id": client["client_id"],
+    }
+    assert httpx2.post(f"{stack.issuer}/token", data=refresh).json()["error"] == "invalid_grant"
+    assert introspect(stack, tokens["access_token"]).json() == {"active": False}
+
+
+def test_introspection_mode_sees_a_revocation_at_once(stack: Stack) -> None:
+    """The trade-off: a JWT stays valid at a JWT-checking server until it expires; introspection sees revocation."""
+    local = machine_token(stack, stack.resource)
+    auth = ("workshop-machine", MACHINE_SECRET)
+    httpx2.post(f"{stack.issuer}/revoke", data={"token": local}, auth=auth)
+    assert post_mcp(stack, local).status_code == 200  # checked locally: still good until `exp`
+
+    checking = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{stack.other_port}", "--issuer", stack.issuer,
+                             "--introspect", env=ENV)  # fmt: skip
+    with checking:
+        other = Stack(stack.issuer, stack.other_resource, 0)
+        token = machine_token(stack, stack.other_resource)
+        assert post_mcp(other, token).status_code == 200
+        httpx2.post(f"{stack.issuer}/revoke", data={"token": token}, auth=auth)
+        assert post_mcp(other, token).status_code == 401
