@@ -43,6 +43,7 @@ from tests.harness import (
     free_port,
     http_client,
     load_server,
+    node_tool,
     remember_secret,
     serve_app,
     server_env,
@@ -636,3 +637,37 @@ def test_introspection_mode_sees_a_revocation_at_once(stack: Stack) -> None:
         assert post_mcp(other, token).status_code == 200
         httpx2.post(f"{stack.issuer}/revoke", data={"token": token}, auth=auth)
         assert post_mcp(other, token).status_code == 401
+
+
+# --- the official conformance suite, authorization-server mode --------------------------------
+
+
+def test_conformance_authorization_server(stack: Stack, tmp_path: Path) -> None:
+    """Both scenarios: metadata, and a full code grant in which a scripted user signs in when asked."""
+    port = free_port()
+    client = register(stack, redirect_uris=[f"http://127.0.0.1:{port}/callback"], client_name="conformance")
+    command = [*node_tool("conformance"), "authorization", "--url", stack.issuer, "--client-id", client["client_id"],
+               "--resource", stack.resource, "--port", str(port), "-o", str(tmp_path)]  # fmt: skip
+    harness = subprocess.Popen(
+        command, cwd=REPO, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert harness.stdout is not None
+    output = []
+    try:
+        for line in harness.stdout:
+            output.append(line)
+            url = re.search(r"https?://\S+/authorize\?\S+", line)
+            if url:  # the harness waits for a person: sign in and follow the redirect to its callback
+                httpx2.get(redirect_location(sign_in(url[0])))
+        assert harness.wait(timeout=60) == 0, "".join(output)
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+        harness.stdout.close()
+    statuses = {c["id"]: c["status"] for f in tmp_path.rglob("checks.json") for c in json.loads(f.read_text())}
+    assert statuses.get("authorization-code-grant") == "SUCCESS", statuses
+
+
+def redirect_location(response: httpx2.Response) -> str:
+    assert response.status_code == 302, response.text
+    return response.headers["location"]
