@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import webbrowser
@@ -42,6 +43,7 @@ from starlette.routing import Route
 TIMEOUT = httpx2.Timeout(30, read=300)
 STORE = Path(os.environ.get("MCP_WORKSHOP_TOKEN_DIR", Path.home() / ".mcp-workshop" / "oauth"))
 MACHINE_CLIENT_ID = "workshop-machine"
+CONFORMANCE_CLIENT_METADATA = "https://conformance-test.local/client-metadata.json"  # the suite's own test URL
 
 
 class FileTokenStorage:
@@ -83,20 +85,72 @@ class FileTokenStorage:
         self._save("client", client_info.model_dump(mode="json", exclude_none=True))
 
 
+async def first_json(http: httpx2.AsyncClient, urls: list[str]) -> dict[str, Any] | None:
+    """The first of `urls` that answers 200 with JSON: discovery documents may live at several addresses."""
+    for url in urls:
+        response = await http.get(url)
+        if response.status_code == 200:
+            try:
+                return dict(response.json())
+            except ValueError:
+                continue
+    return None
+
+
 async def discover_issuer(server_url: str) -> str:
-    """Follow the MCP server's 401 to its authorization server; refuse one that does not offer S256 PKCE."""
+    """Follow the MCP server's 401 to its authorization server; refuse one that does not offer S256 PKCE.
+
+    The SDK's provider discovers again on its own; this look first is the
+    check it leaves out (the MCP spec says to refuse such a server).
+    """
+    origin, path = server_url.split("/", 3)[:3], urlsplit(server_url).path.rstrip("/")
+    base = "/".join(origin)
     async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
         challenge = await http.post(server_url, json={}, headers={"accept": "application/json, text/event-stream"})
-        header = challenge.headers.get("www-authenticate", "")
-        found = [
-            part.split("=", 1)[1].strip('"') for part in header.split(", ") if part.startswith("resource_metadata=")
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge.headers.get("www-authenticate", "")))
+        candidates = [params["resource_metadata"]] if "resource_metadata" in params else []
+        candidates += [
+            f"{base}/.well-known/oauth-protected-resource{path}",
+            f"{base}/.well-known/oauth-protected-resource",
         ]
-        metadata_url = found[0] if found else server_url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
-        issuer = str((await http.get(metadata_url)).json()["authorization_servers"][0])
-        metadata = (await http.get(f"{issuer}/.well-known/oauth-authorization-server")).json()
+        resource_metadata = await first_json(http, candidates)
+        if not resource_metadata or not resource_metadata.get("authorization_servers"):
+            raise SystemExit(f"client.py: error: {server_url} names no authorization server")
+        issuer = str(resource_metadata["authorization_servers"][0])
+        as_origin, as_path = "/".join(issuer.split("/", 3)[:3]), urlsplit(issuer).path.rstrip("/")
+        metadata = await first_json(
+            http,
+            [
+                f"{as_origin}/.well-known/oauth-authorization-server{as_path}",
+                f"{as_origin}/.well-known/openid-configuration{as_path}",
+                f"{as_origin}{as_path}/.well-known/openid-configuration",
+            ],
+        )
+    if metadata is None:
+        raise SystemExit(f"client.py: error: no metadata found for the authorization server {issuer}")
     if "S256" not in metadata.get("code_challenge_methods_supported", []):
         raise SystemExit(f"client.py: error: {issuer} does not offer S256 PKCE; refusing to sign in there")
     return issuer
+
+
+class MemoryTokenStorage:
+    """Tokens kept in memory only: for the conformance harness, where every run is a new server."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
 
 
 class LoopbackCallback:
@@ -156,46 +210,68 @@ class HeadlessRedirect:
         return self.result
 
 
-async def who_am_i(server_url: str, auth: httpx2.Auth) -> dict[str, Any]:
+async def connect(server_url: str, auth: httpx2.Auth, conformance: bool) -> None:
     async with (
         httpx2.AsyncClient(auth=auth, timeout=TIMEOUT) as http,
         Client(streamable_http_client(server_url, http_client=http)) as client,
     ):
+        if conformance:  # the harness's server has tools of its own: list them and call each one
+            names = [tool.name for tool in (await client.list_tools()).tools]
+            for name in names:
+                await client.call_tool(name, {})  # a tool may need more scope: the provider steps up
+            print(json.dumps({"tools": names}))
+            return
         result = await client.call_tool("who_am_i", {})
     if result.is_error or result.structured_content is None:
         raise SystemExit(f"client.py: error: who_am_i failed: {result.content}")
-    return dict(result.structured_content)
+    print(json.dumps(result.structured_content, indent=2))
 
 
 async def main(server_url: str, client_credentials: bool) -> None:
+    # Set by the official conformance suite when it runs this client against its own servers.
+    conformance = "MCP_CONFORMANCE_SCENARIO" in os.environ
+    context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
     issuer = await discover_issuer(server_url)
-    storage = FileTokenStorage(issuer)
+    storage = MemoryTokenStorage() if conformance else FileTokenStorage(issuer)
     auth: httpx2.Auth
-    if client_credentials:
-        secret = os.environ.get("MACHINE_CLIENT_SECRET")
+    if client_credentials or context.get("name", "").startswith("auth/client-credentials"):
+        client_id = context.get("client_id", MACHINE_CLIENT_ID)
+        secret = context.get("client_secret") or os.environ.get("MACHINE_CLIENT_SECRET")
         if not secret:
             raise SystemExit(
                 "client.py: error: --client-credentials needs MACHINE_CLIENT_SECRET (the server prints it)"
             )
         auth = ClientCredentialsOAuthProvider(
-            server_url=server_url, storage=storage, client_id=MACHINE_CLIENT_ID, client_secret=secret, issuer=issuer
+            server_url=server_url, storage=storage, client_id=client_id, client_secret=secret, issuer=issuer
         )
     else:
-        browser = HeadlessRedirect() if "MCP_CONFORMANCE_SCENARIO" in os.environ else LoopbackCallback()
+        browser = HeadlessRedirect() if conformance else LoopbackCallback()
         redirect_uri = getattr(browser, "redirect_uri", "http://127.0.0.1:3000/callback")
+        if context.get("client_id"):  # pre-registered out of band
+            await storage.set_client_info(
+                OAuthClientInformationFull(
+                    client_id=context["client_id"],
+                    client_secret=context.get("client_secret"),
+                    redirect_uris=[AnyUrl(redirect_uri)],
+                    token_endpoint_auth_method="client_secret_basic" if context.get("client_secret") else "none",
+                )
+            )
         auth = OAuthClientProvider(
             server_url=server_url,
             client_metadata=OAuthClientMetadata(
                 client_name="MCP workshop client",
                 redirect_uris=[AnyUrl(redirect_uri)],
                 grant_types=["authorization_code", "refresh_token"],
-                token_endpoint_auth_method="none",  # noqa: S106 - a public client: it can keep no secret from its user
+                # A public client (it can keep no secret from its user), unless the server only takes others.
+                token_endpoint_auth_method=None if conformance else "none",
             ),
             storage=storage,
             redirect_handler=browser.open_browser,
             callback_handler=browser.wait,
+            # A client ID metadata document (the 2026-07-28 way to register) is used where the server supports it.
+            client_metadata_url=CONFORMANCE_CLIENT_METADATA if conformance else None,
         )
-    print(json.dumps(await who_am_i(server_url, auth), indent=2))
+    await connect(server_url, auth, conformance)
 
 
 if __name__ == "__main__":

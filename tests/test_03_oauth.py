@@ -45,6 +45,7 @@ from tests.harness import (
     load_server,
     node_tool,
     remember_secret,
+    run_node_tool,
     serve_app,
     server_env,
 )
@@ -671,3 +672,43 @@ def test_conformance_authorization_server(stack: Stack, tmp_path: Path) -> None:
 def redirect_location(response: httpx2.Response) -> str:
     assert response.status_code == 302, response.text
     return response.headers["location"]
+
+
+# --- the official conformance suite, client mode: client.py against the suite's own servers --
+
+CLIENT_COMMAND = f"{sys.executable} {REPO / FOLDER / 'client.py'}"
+# Required for 2026-07-28 beyond the "auth" suite, plus the client-credentials extension we ship.
+MORE_CLIENT_SCENARIOS = [
+    "auth/resource-mismatch",
+    "auth/offline-access-scope",
+    "auth/offline-access-not-supported",
+    "auth/authorization-server-migration",
+    "auth/iss-supported",
+    "auth/iss-not-advertised",
+    "auth/iss-supported-missing",
+    "auth/iss-wrong-issuer",
+    "auth/iss-unexpected",
+    "auth/iss-normalized",
+    "auth/metadata-issuer-mismatch",
+    "auth/client-credentials-basic",
+]
+
+
+def run_conformance_client(*selection: str) -> subprocess.CompletedProcess[str]:
+    return run_node_tool(
+        "conformance", ["client", "--command", CLIENT_COMMAND, *selection, "--timeout", "60000"], timeout=300
+    )
+
+
+def test_conformance_client_auth_suite() -> None:
+    done = run_conformance_client("--suite", "auth", "--spec-version", "2026-07-28")
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "Total: " in done.stdout and " 0 failed, 0 warnings" in done.stdout
+
+
+@pytest.mark.parametrize("scenario", MORE_CLIENT_SCENARIOS)
+def test_conformance_client_scenario(scenario: str) -> None:
+    done = run_conformance_client("--scenario", scenario)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "OVERALL: PASSED" in output, output[-4000:]
