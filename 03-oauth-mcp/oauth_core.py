@@ -116,6 +116,8 @@ class AuthorizationCode(AuthorizationCodeMixin):  # type: ignore[misc]
     code_challenge: str
     code_challenge_method: str
     expires_at: float
+    family: str = ""  # the grant its tokens belong to, once redeemed
+    used: bool = False
 
     def get_redirect_uri(self) -> str:
         return self.redirect_uri
@@ -149,7 +151,6 @@ class Store(Protocol):
     def save_client(self, client: Client) -> None: ...
     def all_clients(self) -> list[Client]: ...
     def save_code(self, code: AuthorizationCode) -> None: ...
-    def take_code(self, code: str) -> AuthorizationCode | None: ...
     def get_code(self, code: str) -> AuthorizationCode | None: ...
     def save_refresh_token(self, token: RefreshToken) -> None: ...
     def get_refresh_token(self, token: str) -> RefreshToken | None: ...
@@ -185,9 +186,6 @@ class MemoryStore:
 
     def get_code(self, code: str) -> AuthorizationCode | None:
         return self.codes.get(code)
-
-    def take_code(self, code: str) -> AuthorizationCode | None:
-        return self.codes.pop(code, None)
 
     def save_refresh_token(self, token: RefreshToken) -> None:
         self.refresh_tokens[token.token] = token
@@ -328,10 +326,11 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         subject: str,
         scope: str,
         resource: str,
-        family: str | None,
+        grant: str | None,
         actor: dict[str, str] | None = None,
+        refresh: bool = False,
     ) -> dict[str, Any]:
-        """An RFC 9068 JWT access token for `resource`, and a refresh token of `family` when there is one."""
+        """An RFC 9068 JWT access token for `resource`, and with `refresh` a refresh token, both part of `grant`."""
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -345,7 +344,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         }
         if actor is not None:
             claims["act"] = actor  # RFC 8693: who is acting on the subject's behalf
-        self.store.record_access_token(claims["jti"], family)  # so that revoking the grant reaches it too
+        self.store.record_access_token(claims["jti"], grant)  # so that revoking the grant reaches it too
         header = {"alg": "RS256", "typ": "at+jwt", "kid": self.keys.current.kid}
         token: dict[str, Any] = {
             "access_token": jwt.encode(header, claims, self.keys.current),
@@ -353,18 +352,13 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
             "expires_in": ACCESS_TOKEN_SECONDS,
             "scope": scope,
         }
-        if family is not None:
-            refresh = RefreshToken(
-                secrets.token_urlsafe(32),
-                family,
-                client.client_id,
-                subject,
-                scope,
-                resource,
-                now + REFRESH_TOKEN_SECONDS,
+        if refresh and grant is not None:
+            expires_at = now + REFRESH_TOKEN_SECONDS
+            record = RefreshToken(
+                secrets.token_urlsafe(32), grant, client.client_id, subject, scope, resource, expires_at
             )
-            self.store.save_refresh_token(refresh)
-            token["refresh_token"] = refresh.token
+            self.store.save_refresh_token(record)
+            token["refresh_token"] = record.token
         return token
 
 
@@ -401,22 +395,29 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         found = store.get_code(code)
         if found is None or found.client_id != client.client_id or found.expires_at < time.time():
             return None
+        if found.used:
+            # A code works once. Seeing it again means it leaked: revoke what the first use obtained.
+            store.revoke_family(found.family)
+            return None
         requested = self.request.form.get("resource")
         if requested is not None and requested != found.resource:
             raise InvalidTargetError("the token request's resource differs from the authorized one")
         return found
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
-        self.server.store.take_code(authorization_code.code)  # single use
+        authorization_code.used = True  # kept until it expires, to recognise a second attempt
+        self.server.store.save_code(authorization_code)
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> str:
         return authorization_code.subject
 
     def generate_token(self, user: str | None = None, scope: str | None = None, **_: Any) -> dict[str, Any]:
         code: AuthorizationCode = self.request.authorization_code
-        family = uuid.uuid4().hex if self.request.client.check_grant_type("refresh_token") else None
+        code.family = uuid.uuid4().hex
+        refreshable = self.request.client.check_grant_type("refresh_token")
         server: OAuthServer = self.server
-        return server.mint(self.request.client, code.subject, code.scope, code.resource, family)
+        client = self.request.client
+        return server.mint(client, code.subject, code.scope, code.resource, code.family, refresh=refreshable)
 
 
 class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
@@ -447,7 +448,7 @@ class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
     def generate_token(self, user: str | None = None, scope: str | None = None, **_: Any) -> dict[str, Any]:
         old: RefreshToken = self.request.refresh_token
         server: OAuthServer = self.server
-        return server.mint(self.request.client, old.subject, scope or old.scope, old.resource, old.family)
+        return server.mint(self.request.client, old.subject, scope or old.scope, old.resource, old.family, refresh=True)
 
 
 class MachineGrant(ClientCredentialsGrant):  # type: ignore[misc]

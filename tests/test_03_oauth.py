@@ -249,7 +249,7 @@ def test_wrong_password_gets_the_page_again_not_a_code(stack: Stack) -> None:
     assert response.status_code == 401 and "Wrong username or password." in response.text
 
 
-def test_code_is_single_use(stack: Stack) -> None:
+def test_code_is_single_use_and_a_second_attempt_revokes_the_first(stack: Stack) -> None:
     client = register(stack)
     verifier, challenge = pkce()
     code = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))["code"]
@@ -260,6 +260,14 @@ def test_code_is_single_use(stack: Stack) -> None:
     remember_secret(first.json()["access_token"])
     remember_secret(first.json()["refresh_token"])
     assert httpx2.post(f"{stack.issuer}/token", data=form).json()["error"] == "invalid_grant"
+    # The second attempt means the code leaked: what the first one obtained is revoked.
+    assert introspect(stack, first.json()["access_token"]).json() == {"active": False}
+    refresh = {
+        "grant_type": "refresh_token",
+        "refresh_token": first.json()["refresh_token"],
+        "client_id": client["client_id"],
+    }
+    assert httpx2.post(f"{stack.issuer}/token", data=refresh).json()["error"] == "invalid_grant"
 
 
 def test_wrong_verifier_is_refused(stack: Stack) -> None:
