@@ -11,6 +11,7 @@ with a key published at /jwks, for exactly one resource.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import html
 import ipaddress
@@ -18,10 +19,11 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
+import anyio
 import structlog
 from authlib.oauth2.base import OAuth2Error
 from oauth_core import TOKEN_EXCHANGE, Client, FormRequest, KeyRing, MemoryStore, OAuthServer, Store
@@ -98,8 +100,17 @@ class AuthorizationServerApp:
         self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys)
         self.pending: dict[str, Pending] = {}
 
-    def app(self) -> Starlette:
+    def app(self, rotate_keys_every: float = 0) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+            async with anyio.create_task_group() as tg:
+                if rotate_keys_every > 0:
+                    tg.start_soon(self.rotate_keys, rotate_keys_every)
+                yield
+                tg.cancel_scope.cancel()
+
         return Starlette(
+            lifespan=lifespan,
             routes=[
                 Route("/.well-known/oauth-authorization-server", self.metadata),
                 Route("/jwks", self.jwks),
@@ -110,8 +121,15 @@ class AuthorizationServerApp:
                 Route("/revoke", self.revoke, methods=["POST"]),
                 Route("/admin/clients", self.list_clients),
                 Route("/healthz", lambda _: JSONResponse({"status": "ok"})),
-            ]
+            ],
         )
+
+    async def rotate_keys(self, every: float) -> None:
+        """A new signing key now and then; the previous one stays published for the tokens it signed."""
+        while True:
+            await anyio.sleep(every)
+            self.keys.rotate()
+            log.info("signing key rotated", kid=self.keys.current.kid)
 
     async def metadata(self, _request: Request) -> JSONResponse:
         return JSONResponse(
@@ -336,6 +354,13 @@ class AuthorizationServerApp:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(__doc__, DEFAULT_PORT)
     parser.add_argument(
+        "--rotate-keys-every",
+        type=float,
+        default=float(os.environ.get("KEY_ROTATION_SECONDS", 24 * 3600)),
+        metavar="SECONDS",
+        help="how often to start signing with a new key (default: a day; env KEY_ROTATION_SECONDS)",
+    )
+    parser.add_argument(
         "--upstream-resource",
         default=EMBEDDED_URL,
         help=f"the API behind the MCP server, which it may get tokens for by exchange (default: {EMBEDDED_URL})",
@@ -374,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         file=sys.stderr,
         flush=True,
     )
-    run_uvicorn(server.app(), sock, config, issuer)
+    run_uvicorn(server.app(rotate_keys_every=args.rotate_keys_every), sock, config, issuer)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from shared import Secret
 from shared.context import bearer_token
 from shared.upstream import Caller, Rejected, Verifier
 
-JWKS_REFETCH_SECONDS = 30  # at most this often, when a token names a key id we do not know
+JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we do not know
 
 log = structlog.get_logger("oauth-mcp")
 

@@ -10,6 +10,7 @@ import secrets
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -720,3 +721,26 @@ def test_conformance_client_scenario(scenario: str) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert "OVERALL: PASSED" in output, output[-4000:]
+
+
+# --- signing keys rotate; the MCP server follows -----------------------------------------------
+
+
+def test_mcp_server_follows_a_key_rotation(tmp_path: Path) -> None:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    rotating = ServerProcess(FOLDER, "--resource", resource, "--rotate-keys-every", "6", env=ENV,
+                             script="authorization_server.py")  # fmt: skip
+    with rotating as auth, ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", auth.url, env=ENV):
+        stack = Stack(auth.url, resource, 0)
+        before = machine_token(stack, resource)
+        assert post_mcp(stack, before).status_code == 200  # the MCP server fetches the keys now
+        first_kid = jwt.decode(before, KeySet.import_key_set(httpx2.get(f"{auth.url}/jwks").json())).header["kid"]
+        deadline = time.monotonic() + 10
+        while httpx2.get(f"{auth.url}/jwks").json()["keys"][0]["kid"] == first_kid:
+            assert time.monotonic() < deadline, "the key did not rotate"
+            time.sleep(0.2)
+        after = machine_token(stack, resource)  # signed with a key the MCP server has not seen
+        time.sleep(5.5)  # the MCP server refetches keys for an unknown key id at most every 5 seconds
+        assert post_mcp(stack, after).status_code == 200
+        assert post_mcp(stack, before).status_code == 200  # the previous key is still published
