@@ -44,6 +44,7 @@ from tests.harness import (
     free_port,
     http_client,
     load_server,
+    load_sibling,
     node_tool,
     remember_secret,
     run_node_tool,
@@ -744,3 +745,80 @@ def test_mcp_server_follows_a_key_rotation(tmp_path: Path) -> None:
         time.sleep(5.5)  # the MCP server refetches keys for an unknown key id at most every 5 seconds
         assert post_mcp(stack, after).status_code == 200
         assert post_mcp(stack, before).status_code == 200  # the previous key is still published
+
+
+# --- more of the attack list ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("near_miss", [CALLBACK + "/", CALLBACK.replace("3000", "3001"), CALLBACK.upper()])
+def test_a_near_miss_redirect_uri_is_refused(stack: Stack, near_miss: str) -> None:
+    client = register(stack)
+    _, challenge = pkce()
+    response = httpx2.get(authorize_url(stack, client["client_id"], challenge, redirect_uri=near_miss))
+    assert response.status_code == 400 and "location" not in response.headers
+
+
+def test_a_refresh_token_is_not_an_access_token(stack: Stack) -> None:
+    _, tokens = code_flow(stack)
+    assert post_mcp(stack, tokens["refresh_token"]).status_code == 401
+
+
+def unsigned(stack: Stack) -> str:
+    """`alg: none`: a token that claims to need no signature at all."""
+    encode = lambda data: base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()  # noqa: E731
+    claims = {"iss": stack.issuer, "sub": "mallory", "aud": stack.resource, "client_id": "x", "scope": "mcp:read",
+              "exp": 4102444800}  # fmt: skip
+    return remember_secret(f"{encode({'alg': 'none', 'typ': 'at+jwt'})}.{encode(claims)}.")
+
+
+def test_an_unsigned_token_is_refused(stack: Stack) -> None:
+    assert post_mcp(stack, unsigned(stack)).status_code == 401
+
+
+async def test_verifier_refuses_expired_and_wrongly_typed_tokens() -> None:
+    """The MCP server's checks one by one, with a key of the test's own, served as a JWKS."""
+    resource_auth = load_sibling(FOLDER, "resource_auth")
+    key = RSAKey.generate_key(2048, parameters={"kid": "test-key"})
+    jwks = Starlette(routes=[Route("/jwks", lambda _: JSONResponse(KeySet([key]).as_dict(private=False)))])
+    async with serve_app(jwks) as issuer:
+        verifier = resource_auth.JwtVerifier(issuer, "http://127.0.0.1:1/mcp")
+        good = {"iss": issuer, "sub": "u", "aud": "http://127.0.0.1:1/mcp", "client_id": "c", "scope": "mcp:read",
+                "exp": int(time.time()) + 60}  # fmt: skip
+
+        def sign(claims: dict[str, Any], typ: str = "at+jwt", alg: str = "RS256") -> str:
+            return jwt.encode({"alg": alg, "typ": typ, "kid": "test-key"}, claims, key, algorithms=[alg])
+
+        assert await verifier.verify_token(sign(good)) is not None
+        assert await verifier.verify_token(sign({**good, "exp": int(time.time()) - 120})) is None  # expired
+        assert await verifier.verify_token(sign(good, typ="JWT")) is None  # an ID token, say
+        assert await verifier.verify_token(sign({**good, "aud": "http://127.0.0.1:2/mcp"})) is None
+        assert await verifier.verify_token(sign({**good, "iss": "http://127.0.0.1:3"})) is None
+        assert await verifier.verify_token(sign({k: v for k, v in good.items() if k != "exp"})) is None
+        assert await verifier.verify_token(sign(good, alg="PS256")) is None  # algorithms are pinned
+
+
+async def test_issuer_mix_up_is_caught(stack: Stack) -> None:
+    """RFC 9207: a response claiming to come from another authorization server is not used."""
+
+    class MixedUp(HeadlessBrowser):
+        async def open(self, url: str) -> None:
+            await super().open(url)
+            assert self.result is not None
+            self.result = self.result.model_copy(update={"iss": "http://127.0.0.1:6666"})  # the attacker's issuer
+
+    browser, storage = MixedUp(), MemoryStorage()
+    oauth = OAuthClientProvider(
+        server_url=stack.resource,
+        client_metadata=OAuthClientMetadata(client_name="mix-up test", redirect_uris=[AnyUrl(CALLBACK)]),
+        storage=storage,
+        redirect_handler=browser.open,
+        callback_handler=browser.callback,
+    )
+    with pytest.raises(BaseException) as raised:
+        async with (
+            httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
+            Client(streamable_http_client(stack.resource, http_client=http)) as client,
+        ):
+            await client.call_tool("who_am_i", {})
+    assert "issuer" in repr(raised.value).lower() or "iss" in repr(raised.value)
+    assert storage.tokens is None  # the code was never exchanged
