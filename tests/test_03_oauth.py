@@ -763,12 +763,15 @@ def test_a_refresh_token_is_not_an_access_token(stack: Stack) -> None:
     assert post_mcp(stack, tokens["refresh_token"]).status_code == 401
 
 
+def b64url_json(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
 def unsigned(stack: Stack) -> str:
     """`alg: none`: a token that claims to need no signature at all."""
-    encode = lambda data: base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()  # noqa: E731
     claims = {"iss": stack.issuer, "sub": "mallory", "aud": stack.resource, "client_id": "x", "scope": "mcp:read",
               "exp": 4102444800}  # fmt: skip
-    return remember_secret(f"{encode({'alg': 'none', 'typ': 'at+jwt'})}.{encode(claims)}.")
+    return remember_secret(f"{b64url_json({'alg': 'none', 'typ': 'at+jwt'})}.{b64url_json(claims)}.")
 
 
 def test_an_unsigned_token_is_refused(stack: Stack) -> None:
