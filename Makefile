@@ -27,7 +27,8 @@ check: install
 
 # Performance figures, measured side by side in one run (not part of `make test`: a noisy machine is no pass/fail).
 bench: install
-	$(BIN)/python bench/telemetry_overhead.py
+	$(BIN)/python -m bench.telemetry_overhead
+	$(BIN)/python -m bench.oauth_overhead
 
 install: $(VENV)/.installed node_modules/.installed
 
