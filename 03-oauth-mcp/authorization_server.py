@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 import anyio
+import redis
 import structlog
 from authlib.oauth2.base import OAuth2Error
-from oauth_core import TOKEN_EXCHANGE, Client, FormRequest, KeyRing, MemoryStore, OAuthServer, Store
+from oauth_core import TOKEN_EXCHANGE, FormRequest, KeyRing, OAuthServer
+from oauth_store import Client, MemoryStore, Store, open_store
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -96,7 +98,7 @@ class AuthorizationServerApp:
         self.issuer = issuer
         self.users = users
         self.store = store or MemoryStore()
-        self.keys = KeyRing()
+        self.keys = KeyRing(self.store)
         self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys)
         self.pending: dict[str, Pending] = {}
 
@@ -354,6 +356,12 @@ class AuthorizationServerApp:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(__doc__, DEFAULT_PORT)
     parser.add_argument(
+        "--store",
+        default=os.environ.get("OAUTH_STORE", "memory:"),
+        help="where to keep clients, codes, refresh tokens and keys: memory: or redis://HOST:PORT/DB "
+        "(default: memory:; env OAUTH_STORE)",
+    )
+    parser.add_argument(
         "--rotate-keys-every",
         type=float,
         default=float(os.environ.get("KEY_ROTATION_SECONDS", 24 * 3600)),
@@ -380,7 +388,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     password = os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(9)
     mcp_servers = args.resource or [DEFAULT_RESOURCE]
     resources = [*mcp_servers, args.upstream_resource, f"{issuer}/admin"]
-    server = AuthorizationServerApp(issuer, resources, {DEMO_USER: password})
+    try:
+        store = open_store(args.store)
+    except (ValueError, OSError, redis.RedisError) as exc:
+        parser.error(f"cannot use the store {args.store!r}: {exc}")
+    server = AuthorizationServerApp(issuer, resources, {DEMO_USER: password}, store)
     machine_secret = os.environ.get("MACHINE_CLIENT_SECRET") or secrets.token_urlsafe(24)
     server.store.save_client(
         Client(MACHINE_CLIENT_ID, "workshop machine client", [], ["client_credentials"], "client_secret_basic",

@@ -15,16 +15,14 @@ MCP authorization spec:
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
 from authlib.oauth2.base import OAuth2Error
-from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, BaseGrant, ClientCredentialsGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6749.grants.base import TokenEndpointMixin
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
@@ -32,6 +30,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
+from oauth_store import AuthorizationCode, Client, RefreshToken, Store
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
@@ -48,181 +47,27 @@ class InvalidTargetError(OAuth2Error):  # type: ignore[misc]
     error = "invalid_target"
 
 
-# --- what the store holds -------------------------------------------------------------------
-
-
-@dataclass
-class Client(ClientMixin):  # type: ignore[misc]
-    """A registered OAuth client: pre-registered, or registered dynamically (RFC 7591)."""
-
-    client_id: str
-    client_name: str
-    redirect_uris: list[str]
-    grant_types: list[str]
-    token_endpoint_auth_method: str  # "none" for public clients
-    scope: str
-    client_secret: str | None = None
-    audiences: list[str] = field(default_factory=list)  # for a server: the resources it is (token exchange)
-
-    def get_client_id(self) -> str:
-        return self.client_id
-
-    def get_default_redirect_uri(self) -> str | None:
-        return self.redirect_uris[0] if len(self.redirect_uris) == 1 else None
-
-    def get_allowed_scope(self, scope: str | None) -> str:
-        allowed = set(self.scope.split())
-        return " ".join(s for s in (scope or "").split() if s in allowed)
-
-    def check_redirect_uri(self, redirect_uri: str) -> bool:
-        return redirect_uri in self.redirect_uris  # exact match, nothing looser
-
-    def check_client_secret(self, client_secret: str) -> bool:
-        return self.client_secret is not None and hmac.compare_digest(self.client_secret, client_secret)
-
-    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return endpoint != "token" or method == self.token_endpoint_auth_method
-
-    def check_response_type(self, response_type: str) -> bool:
-        return response_type == "code" and "authorization_code" in self.grant_types
-
-    def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type in self.grant_types
-
-    def public_metadata(self) -> dict[str, Any]:
-        """The registration response: everything but the secret's absence."""
-        data = {
-            "client_id": self.client_id,
-            "client_name": self.client_name,
-            "redirect_uris": self.redirect_uris,
-            "grant_types": self.grant_types,
-            "response_types": ["code"] if "authorization_code" in self.grant_types else [],
-            "token_endpoint_auth_method": self.token_endpoint_auth_method,
-            "scope": self.scope,
-        }
-        if self.client_secret is not None:
-            data["client_secret"] = self.client_secret
-        return data
-
-
-@dataclass
-class AuthorizationCode(AuthorizationCodeMixin):  # type: ignore[misc]
-    code: str
-    client_id: str
-    redirect_uri: str
-    scope: str
-    subject: str
-    resource: str
-    code_challenge: str
-    code_challenge_method: str
-    expires_at: float
-    family: str = ""  # the grant its tokens belong to, once redeemed
-    used: bool = False
-
-    def get_redirect_uri(self) -> str:
-        return self.redirect_uri
-
-    def get_scope(self) -> str:
-        return self.scope
-
-
-@dataclass
-class RefreshToken:
-    token: str
-    family: str  # every refresh token descended from one authorization shares it
-    client_id: str
-    subject: str
-    scope: str
-    resource: str
-    expires_at: float
-    used: bool = False
-
-    def check_client(self, client: Client) -> bool:
-        return self.client_id == client.client_id
-
-    def get_scope(self) -> str:
-        return self.scope
-
-
-class Store(Protocol):
-    """Where the authorization server keeps its state; swap the in-memory one to share it between instances."""
-
-    def get_client(self, client_id: str) -> Client | None: ...
-    def save_client(self, client: Client) -> None: ...
-    def all_clients(self) -> list[Client]: ...
-    def save_code(self, code: AuthorizationCode) -> None: ...
-    def get_code(self, code: str) -> AuthorizationCode | None: ...
-    def save_refresh_token(self, token: RefreshToken) -> None: ...
-    def get_refresh_token(self, token: str) -> RefreshToken | None: ...
-    def revoke_family(self, family: str) -> None: ...
-    def family_revoked(self, family: str) -> bool: ...
-    def record_access_token(self, jti: str, family: str | None) -> None: ...
-    def revoke_access_token(self, jti: str) -> None: ...
-    def access_token_revoked(self, jti: str) -> bool: ...
-
-
-@dataclass
-class MemoryStore:
-    """The default store: dictionaries in this process, gone at exit."""
-
-    clients: dict[str, Client] = field(default_factory=dict)
-    codes: dict[str, AuthorizationCode] = field(default_factory=dict)
-    refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
-    revoked_families: set[str] = field(default_factory=set)
-    access_token_families: dict[str, str | None] = field(default_factory=dict)
-    revoked_access_tokens: set[str] = field(default_factory=set)
-
-    def get_client(self, client_id: str) -> Client | None:
-        return self.clients.get(client_id)
-
-    def save_client(self, client: Client) -> None:
-        self.clients[client.client_id] = client
-
-    def all_clients(self) -> list[Client]:
-        return list(self.clients.values())
-
-    def save_code(self, code: AuthorizationCode) -> None:
-        self.codes[code.code] = code
-
-    def get_code(self, code: str) -> AuthorizationCode | None:
-        return self.codes.get(code)
-
-    def save_refresh_token(self, token: RefreshToken) -> None:
-        self.refresh_tokens[token.token] = token
-
-    def get_refresh_token(self, token: str) -> RefreshToken | None:
-        return self.refresh_tokens.get(token)
-
-    def revoke_family(self, family: str) -> None:
-        self.revoked_families.add(family)
-
-    def family_revoked(self, family: str) -> bool:
-        return family in self.revoked_families
-
-    def record_access_token(self, jti: str, family: str | None) -> None:
-        self.access_token_families[jti] = family
-
-    def revoke_access_token(self, jti: str) -> None:
-        self.revoked_access_tokens.add(jti)
-
-    def access_token_revoked(self, jti: str) -> bool:
-        family = self.access_token_families.get(jti)
-        return jti in self.revoked_access_tokens or (family is not None and family in self.revoked_families)
-
-
 # --- signing keys ---------------------------------------------------------------------------
 
 
 class KeyRing:
-    """RSA signing keys: the newest signs, the previous one stays published until its tokens have expired."""
+    """RSA signing keys: the newest signs, the previous one stays published until its tokens have expired.
 
-    def __init__(self) -> None:
-        self.keys: list[RSAKey] = []
-        self.rotate()
+    The keys live in the store, so that every instance sharing a store signs
+    with the same key and a restart keeps tokens already issued valid.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        saved = store.load_keys()
+        self.keys: list[RSAKey] = [RSAKey.import_key(key) for key in saved] if saved else []
+        if not self.keys:
+            self.rotate()
 
     def rotate(self) -> None:
         key = RSAKey.generate_key(2048, parameters={"kid": uuid.uuid4().hex, "use": "sig", "alg": "RS256"})
         self.keys = [key, *self.keys][:2]
+        self.store.save_keys([dict(k.as_dict(private=True)) for k in self.keys])
 
     @property
     def current(self) -> RSAKey:

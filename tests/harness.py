@@ -19,13 +19,14 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -124,9 +125,10 @@ def run_server(
     lines: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 30,
+    script: str = "server.py",
 ) -> subprocess.CompletedProcess[str]:
     """Run a module's `server.py` to the end: feed it `lines` on stdin (then close it), capture both streams."""
-    command = [sys.executable, str(REPO / folder / "server.py"), *args]
+    command = [sys.executable, str(REPO / folder / script), *args]
     stdin_text = "".join(line + "\n" for line in lines) if lines is not None else None
     done = subprocess.run(
         command,
@@ -317,3 +319,29 @@ def inspector_cli(*args: str, timeout: float = 120) -> Any:
 def conformance(url: str, scenario: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run one server scenario of the official conformance suite against `url`."""
     return run_node_tool("conformance", ["server", "--url", url, "--scenario", scenario], timeout=timeout)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A real redis-server on a free loopback port, for as long as the block runs; yields its URL."""
+    if not shutil.which("redis-server"):
+        raise RuntimeError("redis-server is missing: `make test` installs it (Debian package redis-server)")
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+                    connection.sendall(b"PING\r\n")
+                    if connection.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

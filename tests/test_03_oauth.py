@@ -46,8 +46,10 @@ from tests.harness import (
     load_server,
     load_sibling,
     node_tool,
+    redis_server,
     remember_secret,
     run_node_tool,
+    run_server,
     serve_app,
     server_env,
 )
@@ -825,3 +827,45 @@ async def test_issuer_mix_up_is_caught(stack: Stack) -> None:
             await client.call_tool("who_am_i", {})
     assert "issuer" in repr(raised.value).lower() or "iss" in repr(raised.value)
     assert storage.tokens is None  # the code was never exchanged
+
+
+# --- a shared store: Redis ---------------------------------------------------------------------
+
+
+def test_state_survives_a_restart_with_redis() -> None:
+    """Clients, codes, refresh tokens and signing keys live in Redis: a new instance carries on where one stopped."""
+    as_port, mcp_port = free_port(), free_port()
+    resource = f"http://127.0.0.1:{mcp_port}/mcp"
+
+    def authorization_server(store: str) -> ServerProcess:
+        return ServerProcess(FOLDER, "--addr", f"127.0.0.1:{as_port}", "--resource", resource, "--store", store,
+                             env=ENV, script="authorization_server.py")  # fmt: skip
+
+    with redis_server() as store:
+        with authorization_server(store) as first:
+            stack = Stack(first.url, resource, 0)
+            client, tokens = code_flow(stack)
+            verifier, challenge = pkce()
+            code = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))["code"]
+        with authorization_server(store):  # a new process: nothing in memory
+            redeemed = httpx2.post(f"{stack.issuer}/token", data={
+                "grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
+                "client_id": client["client_id"], "code_verifier": verifier,
+            })  # fmt: skip
+            assert redeemed.status_code == 200, redeemed.text
+            remember_secret(redeemed.json()["access_token"])
+            remember_secret(redeemed.json()["refresh_token"])
+            refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
+                       "client_id": client["client_id"]}  # fmt: skip
+            refreshed = httpx2.post(f"{stack.issuer}/token", data=refresh)
+            assert refreshed.status_code == 200, refreshed.text
+            remember_secret(refreshed.json()["access_token"])
+            remember_secret(refreshed.json()["refresh_token"])
+            # Signed before the restart, still valid after it: the keys were kept too.
+            assert introspect(stack, tokens["access_token"]).json()["active"] is True
+
+
+def test_an_unreachable_store_is_one_clear_line() -> None:
+    done = run_server(FOLDER, "--store", f"redis://127.0.0.1:{free_port()}/0", script="authorization_server.py")
+    assert done.returncode == 2
+    assert "cannot use the store" in done.stderr.strip().splitlines()[-1]
