@@ -19,13 +19,16 @@ inspector: install
 test: check system-packages
 	$(BIN)/python -m pytest
 
-# The one peer that is not a Python or npm package: the Redis server 03's shared-store test runs.
+# The peers that are not Python or npm packages: the Redis server behind 03's shared store, and the
+# Chromium a person signs in with in 03's browser test (Debian's build: nothing downloads a browser).
+SYSTEM_PACKAGES := redis-server chromium
 system-packages:
-	@command -v redis-server >/dev/null || { \
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
-	    echo "The tests need redis-server: install it first (for example: sudo apt-get install redis-server)"; exit 1; \
+	    echo "The tests need $(SYSTEM_PACKAGES): install them first (for example: sudo apt-get install $(SYSTEM_PACKAGES))"; \
+	    exit 1; \
 	  fi; }
 
 check: install

@@ -30,6 +30,7 @@ from authlib.oauth2.base import OAuth2Error
 from oauth_core import TOKEN_EXCHANGE, FormRequest, KeyRing, OAuthServer
 from oauth_store import Client, MemoryStore, Store, open_store
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -37,7 +38,7 @@ from starlette.routing import Route
 from shared import configure_logging
 from shared.config import build_parser, config_from_args
 from shared.context import bearer_token
-from shared.serve import bound_address, listen, run_uvicorn
+from shared.serve import bound_address, cors, listen, run_uvicorn, transport_security
 from shared.upstream import EMBEDDED_URL
 
 DEFAULT_PORT = 9000
@@ -102,7 +103,7 @@ class AuthorizationServerApp:
         self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys)
         self.pending: dict[str, Pending] = {}
 
-    def app(self, rotate_keys_every: float = 0) -> Starlette:
+    def app(self, rotate_keys_every: float = 0, middleware: Sequence[Middleware] = ()) -> Starlette:
         @contextlib.asynccontextmanager
         async def lifespan(_app: Starlette) -> AsyncIterator[None]:
             async with anyio.create_task_group() as tg:
@@ -113,6 +114,7 @@ class AuthorizationServerApp:
 
         return Starlette(
             lifespan=lifespan,
+            middleware=list(middleware),
             routes=[
                 Route("/.well-known/oauth-authorization-server", self.metadata),
                 Route("/jwks", self.jwks),
@@ -272,7 +274,13 @@ class AuthorizationServerApp:
   <button name="decision" value="deny">Deny</button>
 </form>
 </body></html>"""
-        return HTMLResponse(body, status_code=401 if error else 200, headers=PAGE_HEADERS)
+        # The form posts here, and the answer redirects to the client: browsers check both against form-action.
+        parts = urlsplit(query.get("redirect_uri", ""))
+        csp = PAGE_HEADERS["Content-Security-Policy"].replace(
+            "form-action 'self'", f"form-action 'self' {parts.scheme}://{parts.netloc}"
+        )
+        headers = PAGE_HEADERS | {"Content-Security-Policy": csp}
+        return HTMLResponse(body, status_code=401 if error else 200, headers=headers)
 
     @property
     def admin_resource(self) -> str:
@@ -411,7 +419,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         file=sys.stderr,
         flush=True,
     )
-    run_uvicorn(server.app(rotate_keys_every=args.rotate_keys_every), sock, config, issuer)
+    # Browser clients (MCP Inspector's web UI) call the metadata, registration and token endpoints themselves.
+    browser_access = cors(transport_security(config))
+    run_uvicorn(server.app(args.rotate_keys_every, [browser_access]), sock, config, issuer)
 
 
 if __name__ == "__main__":

@@ -107,19 +107,20 @@ def build_http_app(
 
     return Starlette(
         routes=[Route("/healthz", healthz), *routes, Mount("/", app=mcp_app)],
-        middleware=[
-            Middleware(
-                CORSMiddleware,
-                allow_origin_regex=origin_regex(security),
-                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                allow_headers=["*"],
-                # The browser hides response headers from page scripts unless told.
-                expose_headers=["Mcp-Session-Id", "Mcp-Protocol-Version", "WWW-Authenticate", REQUEST_ID_HEADER],
-            ),
-            Middleware(RequestContextMiddleware),
-            *middleware,
-        ],
+        middleware=[cors(security), Middleware(RequestContextMiddleware), *middleware],
         lifespan=lifespan,
+    )
+
+
+def cors(security: TransportSecuritySettings) -> Middleware:
+    """CORS for browser clients such as MCP Inspector, admitting exactly the origins the transport admits."""
+    return Middleware(
+        CORSMiddleware,
+        allow_origin_regex=origin_regex(security),
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+        allow_headers=["*"],
+        # The browser hides response headers from page scripts unless told.
+        expose_headers=["Mcp-Session-Id", "Mcp-Protocol-Version", "WWW-Authenticate", REQUEST_ID_HEADER],
     )
 
 

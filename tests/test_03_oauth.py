@@ -869,3 +869,81 @@ def test_an_unreachable_store_is_one_clear_line() -> None:
     done = run_server(FOLDER, "--store", f"redis://127.0.0.1:{free_port()}/0", script="authorization_server.py")
     assert done.returncode == 2
     assert "cannot use the store" in done.stderr.strip().splitlines()[-1]
+
+
+# --- a person with a real browser ----------------------------------------------------------
+
+INSPECTOR_ORIGIN = "http://localhost:6274"
+
+
+@pytest.mark.parametrize(
+    ("server", "path", "method"),
+    [
+        ("as", "/.well-known/oauth-authorization-server", "GET"),
+        ("as", "/register", "POST"),
+        ("as", "/token", "POST"),
+        ("mcp", "/.well-known/oauth-protected-resource/mcp", "GET"),
+        ("mcp", "/mcp", "POST"),
+    ],
+)
+def test_the_browser_inspector_may_call_what_it_needs(stack: Stack, server: str, path: str, method: str) -> None:
+    """MCP Inspector's web UI runs discovery, registration and the token request from the page itself."""
+    base = stack.issuer if server == "as" else stack.resource.removesuffix("/mcp")
+    preflight = httpx2.options(
+        base + path,
+        headers={
+            "origin": INSPECTOR_ORIGIN,
+            "access-control-request-method": method,
+            "access-control-request-headers": "content-type, authorization, mcp-protocol-version",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == INSPECTOR_ORIGIN
+    foreign = httpx2.options(
+        base + path, headers={"origin": "http://evil.example", "access-control-request-method": method}
+    )
+    assert "access-control-allow-origin" not in foreign.headers
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+def test_a_person_signs_in_with_a_real_browser(stack: Stack, tmp_path: Path) -> None:
+    """client.py starts; headless Chromium signs in and consents; the redirect lands; the client shows who you are."""
+    from playwright.sync_api import sync_playwright
+
+    url_file = tmp_path / "authorization-url"
+    opener = tmp_path / "open_url.py"  # what `webbrowser` runs: hand the URL over to the test's browser
+    opener.write_text(f"import pathlib, sys\npathlib.Path({str(url_file)!r}).write_text(sys.argv[1])\n")
+    env = server_env({"MCP_WORKSHOP_TOKEN_DIR": str(tmp_path / "tokens"), "BROWSER": f"{sys.executable} {opener} %s"})
+    client = subprocess.Popen(
+        [sys.executable, str(REPO / FOLDER / "client.py"), stack.resource],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not url_file.exists():
+            assert time.monotonic() < deadline and client.poll() is None, "client.py never opened a browser"
+            time.sleep(0.1)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(url_file.read_text())
+            assert "MCP workshop client" in page.content()  # the consent page names the app asking
+            page.fill("input[name=username]", "demo")
+            page.fill("input[name=password]", DEMO_PASSWORD)
+            page.click("button[value=allow]")
+            page.wait_for_selector("text=Signed in. You can close this tab.")
+            page.screenshot(path=str(tmp_path / "signed-in.png"))
+            browser.close()
+        out, err = client.communicate(timeout=30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    CAPTURED_LOGS.append(err.splitlines())
+    assert client.returncode == 0, err
+    claims = json.loads(out)
+    assert (claims["sub"], claims["aud"], claims["iss"]) == ("demo", stack.resource, stack.issuer)
