@@ -14,7 +14,6 @@ import base64
 import contextlib
 import hmac
 import html
-import ipaddress
 import os
 import secrets
 import sys
@@ -27,8 +26,9 @@ import anyio
 import redis
 import structlog
 from authlib.oauth2.base import OAuth2Error
+from client_metadata import ClientMetadataDocuments, ClientMetadataError, looks_like_metadata_url
 from oauth_core import TOKEN_EXCHANGE, FormRequest, KeyRing, OAuthServer
-from oauth_store import Client, MemoryStore, Store, open_store
+from oauth_store import Client, MemoryStore, Store, is_loopback_or_https, open_store
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -71,21 +71,6 @@ class Pending:
     expires_at: float
 
 
-def is_loopback_or_https(uri: str) -> bool:
-    """MCP allows only these redirect URIs: HTTPS anywhere, plain HTTP only back to this machine."""
-    parts = urlsplit(uri)
-    if parts.scheme == "https" and parts.hostname:
-        return not parts.fragment
-    if parts.scheme != "http" or not parts.hostname or parts.fragment:
-        return False
-    if parts.hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return False
-
-
 def with_params(url: str, **params: str) -> str:
     parts = urlsplit(url)
     query = "&".join(filter(None, [parts.query, urlencode(params)]))
@@ -95,12 +80,20 @@ def with_params(url: str, **params: str) -> str:
 class AuthorizationServerApp:
     """The HTTP side: metadata, JWKS, registration, the consent page and the token endpoint."""
 
-    def __init__(self, issuer: str, resources: list[str], users: dict[str, str], store: Store | None = None) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        resources: list[str],
+        users: dict[str, str],
+        store: Store | None = None,
+        allow_loopback_client_metadata: bool = False,
+    ) -> None:
         self.issuer = issuer
         self.users = users
         self.store = store or MemoryStore()
         self.keys = KeyRing(self.store)
-        self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys)
+        self.documents = ClientMetadataDocuments(" ".join(SCOPES), allow_loopback_client_metadata)
+        self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys, self.documents.cached)
         self.pending: dict[str, Pending] = {}
 
     def app(self, rotate_keys_every: float = 0, middleware: Sequence[Middleware] = ()) -> Starlette:
@@ -151,6 +144,7 @@ class AuthorizationServerApp:
                 "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
                 "code_challenge_methods_supported": ["S256"],
                 "authorization_response_iss_parameter_supported": True,
+                "client_id_metadata_document_supported": True,
             }
         )
 
@@ -206,6 +200,8 @@ class AuthorizationServerApp:
         if request.method == "POST":
             return await self.answer(request)
         query = dict(request.query_params)
+        if refusal := await self.load_client_metadata(query.get("client_id")):
+            return refusal
         oauth_request = FormRequest("GET", str(request.url), request.headers, query, {})
         try:
             grant = self.oauth.get_consent_grant(oauth_request)  # client, redirect URI, PKCE, resource, scope
@@ -223,6 +219,8 @@ class AuthorizationServerApp:
             return HTMLResponse("This sign-in page has expired. Start again from your app.", 400, PAGE_HEADERS)
         if not hmac.compare_digest(pending.csrf, form.get("csrf", "")):
             return HTMLResponse("This form was not sent by the sign-in page.", 403, PAGE_HEADERS)
+        if refusal := await self.load_client_metadata(pending.query.get("client_id")):
+            return refusal
         oauth_request = FormRequest("GET", str(request.url), request.headers, pending.query, {})
         try:
             grant = self.oauth.get_consent_grant(oauth_request)
@@ -255,6 +253,15 @@ class AuthorizationServerApp:
         scopes = "".join(
             f"<li>{esc(s)}</li>" for s in client.get_allowed_scope(query.get("scope") or client.scope).split()
         )
+        warning = ""
+        loopback = ("127.0.0.1", "localhost", "::1")
+        if looks_like_metadata_url(client.client_id) and all(
+            urlsplit(uri).hostname in loopback for uri in client.redirect_uris
+        ):
+            warning = (
+                f'<p class="error">{esc(urlsplit(client.client_id).netloc)} describes this app, but the app runs '
+                "on your own machine: allow it only if you started it yourself.</p>"
+            )
         body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign in to the workshop</title>
 <style>body{{font-family:sans-serif;max-width:32rem;margin:3rem auto}} .error{{color:#b00}}</style></head>
@@ -262,7 +269,7 @@ class AuthorizationServerApp:
 <h1>Sign in and allow access</h1>
 <p><strong>{esc(client.client_name)}</strong> wants to use the MCP server
 <code>{esc(query.get("resource") or self.oauth.resources[0])}</code> as you.</p>
-<p>After you decide, you go back to <strong>{esc(redirect_host)}</strong>.</p>
+<p>After you decide, you go back to <strong>{esc(redirect_host)}</strong>.</p>{warning}
 <p>It asks for:</p><ul>{scopes}</ul>
 <p class="error">{esc(error)}</p>
 <form method="post" action="/authorize">
@@ -354,8 +361,25 @@ class AuthorizationServerApp:
                 log.info("access token revoked", client_id=client.client_id)
         return JSONResponse({})  # the same answer whatever the token was: nothing to probe
 
+    async def load_client_metadata(self, client_id: str | None) -> Response | None:
+        """Fetch and check the document of a client known by URL; an error page if it cannot be used.
+
+        No redirect on failure: until the document is checked, its redirect
+        URIs are not trusted.
+        """
+        if client_id is None or not looks_like_metadata_url(client_id) or self.store.get_client(client_id):
+            return None
+        try:
+            await self.documents.resolve(client_id)
+        except ClientMetadataError as exc:
+            log.warning("client metadata document refused", reason=str(exc))
+            return JSONResponse({"error": "invalid_client", "error_description": str(exc)}, status_code=400)
+        return None
+
     async def token(self, request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
+        if refusal := await self.load_client_metadata(form.get("client_id")):
+            return refusal
         oauth_request = FormRequest("POST", str(request.url), request.headers, dict(request.query_params), form)
         response: Response = self.oauth.create_token_response(oauth_request)
         return response
@@ -363,6 +387,11 @@ class AuthorizationServerApp:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(__doc__, DEFAULT_PORT)
+    parser.add_argument(
+        "--allow-loopback-client-metadata",
+        action="store_true",
+        help="development only: accept client metadata documents served over plain HTTP on this machine",
+    )
     parser.add_argument(
         "--store",
         default=os.environ.get("OAUTH_STORE", "memory:"),
@@ -400,7 +429,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         store = open_store(args.store)
     except (ValueError, OSError, redis.RedisError) as exc:
         parser.error(f"cannot use the store {args.store!r}: {exc}")
-    server = AuthorizationServerApp(issuer, resources, {DEMO_USER: password}, store)
+    server = AuthorizationServerApp(
+        issuer, resources, {DEMO_USER: password}, store, args.allow_loopback_client_metadata
+    )
     machine_secret = os.environ.get("MACHINE_CLIENT_SECRET") or secrets.token_urlsafe(24)
     server.store.save_client(
         Client(MACHINE_CLIENT_ID, "workshop machine client", [], ["client_credentials"], "client_secret_basic",

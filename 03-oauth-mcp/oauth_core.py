@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Request
@@ -120,16 +121,25 @@ class S256Only(CodeChallenge):  # type: ignore[misc]
 class OAuthServer(AuthorizationServer):  # type: ignore[misc]
     """authlib's authorization server with this store, these keys, and JWT access tokens for a resource."""
 
-    def __init__(self, issuer: str, resources: list[str], scopes: list[str], store: Store, keys: KeyRing) -> None:
+    def __init__(
+        self,
+        issuer: str,
+        resources: list[str],
+        scopes: list[str],
+        store: Store,
+        keys: KeyRing,
+        more_clients: Callable[[str], Client | None] = lambda _client_id: None,
+    ) -> None:
         super().__init__(scopes_supported=scopes)
         self.issuer, self.resources, self.store, self.keys = issuer, resources, store, keys
+        self.more_clients = more_clients  # clients known from elsewhere: metadata documents
         self.register_grant(CodeGrant, [S256Only(required=True)])
         self.register_grant(RotatingRefreshGrant)
         self.register_grant(MachineGrant)
         self.register_grant(TokenExchangeGrant)
 
     def query_client(self, client_id: str) -> Client | None:
-        return self.store.get_client(client_id)
+        return self.store.get_client(client_id) or self.more_clients(client_id)
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
         pass  # access tokens are self-contained JWTs; refresh tokens are saved when minted

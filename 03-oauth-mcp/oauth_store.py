@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import redis
 from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin
@@ -186,6 +188,21 @@ class MemoryStore:
 
     def save_keys(self, keys: list[dict[str, Any]]) -> None:
         self.keys = list(keys)
+
+
+def is_loopback_or_https(uri: str) -> bool:
+    """MCP allows only these redirect URIs: HTTPS anywhere, plain HTTP only back to this machine."""
+    parts = urlsplit(uri)
+    if parts.scheme == "https" and parts.hostname:
+        return not parts.fragment
+    if parts.scheme != "http" or not parts.hostname or parts.fragment:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
 
 
 T = TypeVar("T")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -10,6 +11,7 @@ import secrets
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx2
 import pytest
+import uvicorn
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 from mcp import Client
@@ -30,7 +33,7 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull,
 from pydantic import AnyUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from shared import Secret
@@ -947,3 +950,118 @@ def test_a_person_signs_in_with_a_real_browser(stack: Stack, tmp_path: Path) -> 
     assert client.returncode == 0, err
     claims = json.loads(out)
     assert (claims["sub"], claims["aud"], claims["iss"]) == ("demo", stack.resource, stack.issuer)
+
+
+# --- clients known by a metadata document (CIMD), and the SSRF guard ---------------------------
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Starlette) -> Iterator[str]:
+    """An ASGI app on uvicorn in a thread of its own, for tests that call servers synchronously."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class DocumentHost:
+    """Serves client metadata documents, and counts every request it gets."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.documents: dict[str, Any] = {}
+        self.app = Starlette(routes=[Route("/{name}", self.serve)])
+
+    async def serve(self, request: Request) -> Response:
+        self.hits += 1
+        found = self.documents.get(request.path_params["name"])
+        if isinstance(found, Response):
+            return found
+        return JSONResponse(found) if found is not None else JSONResponse({}, status_code=404)
+
+
+@pytest.fixture(scope="module")
+def cimd() -> Iterator[tuple[Stack, DocumentHost, str]]:
+    """An authorization server that accepts metadata documents on loopback (its development flag), and their host."""
+    host = DocumentHost()
+    with serve_in_thread(host.app) as base:
+        auth = ServerProcess(FOLDER, "--resource", "http://127.0.0.1:1/mcp", "--allow-loopback-client-metadata",
+                             env=ENV, script="authorization_server.py")  # fmt: skip
+        with auth:
+            yield Stack(auth.url, "http://127.0.0.1:1/mcp", 0), host, base
+
+
+def test_a_client_known_by_its_metadata_document_signs_in(cimd: tuple[Stack, DocumentHost, str]) -> None:
+    stack, host, base = cimd
+    client_id = f"{base}/app.json"
+    host.documents["app.json"] = {"client_id": client_id, "client_name": "Document App", "redirect_uris": [CALLBACK]}
+    verifier, challenge = pkce()
+    url = authorize_url(stack, client_id, challenge)
+    page = httpx2.get(url)
+    assert "Document App" in page.text and "runs on your own machine" in page.text  # the localhost warning
+    params = redirect_params(sign_in(url))
+    form = {"grant_type": "authorization_code", "code": params["code"], "redirect_uri": CALLBACK,
+            "client_id": client_id, "code_verifier": verifier}  # fmt: skip
+    token = httpx2.post(f"{stack.issuer}/token", data=form)
+    assert token.status_code == 200, token.text
+    remember_secret(token.json()["access_token"])
+    remember_secret(token.json()["refresh_token"])
+    metadata = httpx2.get(f"{stack.issuer}/.well-known/oauth-authorization-server").json()
+    assert metadata["client_id_metadata_document_supported"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "document", "reason"),
+    [
+        ("other.json", {"client_id": "http://127.0.0.1:1/not-me.json", "client_name": "x", "redirect_uris": [CALLBACK]},
+         "the document's client_id is not its own URL"),
+        ("secret.json", {"client_id": "SELF", "client_name": "x", "redirect_uris": [CALLBACK], "client_secret": "s"},
+         "a client metadata document holds no secret"),
+        ("evil-redirect.json", {"client_id": "SELF", "client_name": "x", "redirect_uris": ["http://evil.example/cb"]},
+         "redirect URIs must use HTTPS or point to loopback"),
+        ("big.json", {"client_id": "SELF", "client_name": "x" * 6000, "redirect_uris": [CALLBACK]},
+         "larger than 5 KB"),
+        ("moved.json", RedirectResponse("http://127.0.0.1:1/elsewhere.json"), "answered 307, not 200"),
+    ],
+)  # fmt: skip
+def test_a_bad_metadata_document_is_refused(
+    cimd: tuple[Stack, DocumentHost, str], name: str, document: Any, reason: str
+) -> None:
+    stack, host, base = cimd
+    client_id = f"{base}/{name}"
+    if isinstance(document, dict) and document.get("client_id") == "SELF":
+        document = {**document, "client_id": client_id}
+    host.documents[name] = document
+    _, challenge = pkce()
+    response = httpx2.get(authorize_url(stack, client_id, challenge))
+    assert response.status_code == 400 and "location" not in response.headers
+    assert reason in response.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [
+        "https://10.0.0.1/app.json",
+        "https://169.254.169.254/latest/meta-data.json",
+        "https://[::ffff:127.0.0.1]/app.json",
+        "https://0x7f000001/app.json",
+        "https://127.0.0.1/app.json",  # loopback: only behind the development flag
+        "http://example.com/app.json",  # not https
+        "https://user:pass@example.com/app.json",
+        "https://example.com/",
+        "https://example.com/a/../app.json",
+    ],
+)
+def test_metadata_urls_that_could_reach_inside_are_refused_before_any_request(stack: Stack, client_id: str) -> None:
+    _, challenge = pkce()
+    started = time.monotonic()
+    response = httpx2.get(authorize_url(stack, client_id, challenge))
+    assert response.status_code == 400 and response.json()["error"] == "invalid_client"
+    assert time.monotonic() - started < 2  # refused on sight, not after a connection attempt timed out
