@@ -18,6 +18,7 @@ import os
 import secrets
 import sys
 import time
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
@@ -62,6 +63,32 @@ PAGE_HEADERS = {
 }
 
 
+class RateLimit:
+    """At most `limit` events per key in any `window` seconds: enough for people, too few for a script."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.events: dict[str, deque[float]] = defaultdict(deque)
+
+    def count(self, key: str) -> int:
+        events, now = self.events[key], time.monotonic()
+        while events and events[0] <= now - self.window:
+            events.popleft()
+        return len(events)
+
+    def exceeded(self, key: str) -> bool:
+        return self.count(key) >= self.limit
+
+    def add(self, key: str) -> None:
+        self.count(key)
+        self.events[key].append(time.monotonic())
+
+
+def too_many(window: float) -> JSONResponse:
+    body = {"error": "slow_down", "error_description": "too many requests; try again later"}
+    return JSONResponse(body, status_code=429, headers={"Retry-After": str(int(window))})
+
+
 @dataclass
 class Pending:
     """An authorization request waiting for the user's answer on the consent page."""
@@ -87,6 +114,7 @@ class AuthorizationServerApp:
         users: dict[str, str],
         store: Store | None = None,
         allow_loopback_client_metadata: bool = False,
+        registrations_per_minute: int = 20,
     ) -> None:
         self.issuer = issuer
         self.users = users
@@ -95,6 +123,8 @@ class AuthorizationServerApp:
         self.documents = ClientMetadataDocuments(" ".join(SCOPES), allow_loopback_client_metadata)
         self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys, self.documents.cached)
         self.pending: dict[str, Pending] = {}
+        self.registrations = RateLimit(limit=registrations_per_minute, window=60)  # per address: floods
+        self.failed_client_auth = RateLimit(limit=10, window=60)  # per client: secret guessing
 
     def app(self, rotate_keys_every: float = 0, middleware: Sequence[Middleware] = ()) -> Starlette:
         @contextlib.asynccontextmanager
@@ -153,6 +183,10 @@ class AuthorizationServerApp:
 
     async def register(self, request: Request) -> JSONResponse:
         """RFC 7591 dynamic client registration (deprecated by MCP 2026-07-28, still what most clients do)."""
+        address = request.client.host if request.client else "unknown"
+        if self.registrations.exceeded(address):
+            return too_many(self.registrations.window)
+        self.registrations.add(address)
         try:
             body = await request.json()
         except ValueError:
@@ -380,9 +414,26 @@ class AuthorizationServerApp:
         form = {k: str(v) for k, v in (await request.form()).items()}
         if refusal := await self.load_client_metadata(form.get("client_id")):
             return refusal
+        claimed = self.claimed_client_id(request, form)
+        if self.failed_client_auth.exceeded(claimed):
+            # Even the right secret waits until the window has passed: guessing must not pay.
+            return too_many(self.failed_client_auth.window)
         oauth_request = FormRequest("POST", str(request.url), request.headers, dict(request.query_params), form)
         response: Response = self.oauth.create_token_response(oauth_request)
+        if response.status_code == 401:
+            self.failed_client_auth.add(claimed)
         return response
+
+    @staticmethod
+    def claimed_client_id(request: Request, form: dict[str, str]) -> str:
+        """The client a token request says it is, before anything is verified."""
+        basic = request.headers.get("authorization", "")
+        if basic.lower().startswith("basic "):
+            try:
+                return unquote(base64.b64decode(basic[6:]).decode().partition(":")[0])
+            except ValueError:
+                return "malformed"
+        return form.get("client_id", "unknown")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -391,6 +442,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--allow-loopback-client-metadata",
         action="store_true",
         help="development only: accept client metadata documents served over plain HTTP on this machine",
+    )
+    parser.add_argument(
+        "--registrations-per-minute",
+        type=int,
+        default=20,
+        help="dynamic client registrations allowed from one address per minute (default: 20)",
     )
     parser.add_argument(
         "--store",
@@ -430,7 +487,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (ValueError, OSError, redis.RedisError) as exc:
         parser.error(f"cannot use the store {args.store!r}: {exc}")
     server = AuthorizationServerApp(
-        issuer, resources, {DEMO_USER: password}, store, args.allow_loopback_client_metadata
+        issuer,
+        resources,
+        {DEMO_USER: password},
+        store,
+        args.allow_loopback_client_metadata,
+        args.registrations_per_minute,
     )
     machine_secret = os.environ.get("MACHINE_CLIENT_SECRET") or secrets.token_urlsafe(24)
     server.store.save_client(

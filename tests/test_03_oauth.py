@@ -92,7 +92,8 @@ def stack() -> Iterator[Stack]:
     port, other_port = free_port(), free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     resources = ("--resource", resource, "--resource", f"http://127.0.0.1:{other_port}/mcp")
-    with ServerProcess(FOLDER, *resources, env=ENV, script="authorization_server.py") as auth:
+    many = ("--registrations-per-minute", "10000")  # the tests register a client each; the limit has its own test
+    with ServerProcess(FOLDER, *resources, *many, env=ENV, script="authorization_server.py") as auth:
         mcp_server = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", auth.url, env=ENV)
         with mcp_server:
             assert mcp_server.url == resource
@@ -1065,3 +1066,22 @@ def test_metadata_urls_that_could_reach_inside_are_refused_before_any_request(st
     response = httpx2.get(authorize_url(stack, client_id, challenge))
     assert response.status_code == 400 and response.json()["error"] == "invalid_client"
     assert time.monotonic() - started < 2  # refused on sight, not after a connection attempt timed out
+
+
+# --- throttling: registration floods and secret guessing -------------------------------------
+
+
+def test_registration_floods_and_secret_guessing_are_throttled() -> None:
+    limited = ServerProcess(FOLDER, "--registrations-per-minute", "3", env=ENV, script="authorization_server.py")
+    with limited as auth:
+        body = {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}
+        statuses = [httpx2.post(f"{auth.url}/register", json=body).status_code for _ in range(4)]
+        assert statuses == [201, 201, 201, 429]
+
+        form = {"grant_type": "client_credentials"}
+        guesses = [
+            httpx2.post(f"{auth.url}/token", data=form, auth=("workshop-machine", f"guess-{i}")) for i in range(10)
+        ]
+        assert {g.status_code for g in guesses} == {401}
+        right = httpx2.post(f"{auth.url}/token", data=form, auth=("workshop-machine", MACHINE_SECRET))
+        assert right.status_code == 429 and right.headers["retry-after"] == "60"  # guessing must not pay
