@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx2
 import structlog
@@ -30,6 +31,19 @@ from shared.upstream import Caller, Rejected, Verifier
 JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we do not know
 
 log = structlog.get_logger("oauth-mcp")
+
+
+def access_token(token: str, claims: dict[str, Any], resource: str) -> AccessToken:
+    """What the SDK needs to know of a verified token (it binds sessions to client, issuer and subject)."""
+    return AccessToken(
+        token=token,
+        client_id=str(claims.get("client_id", "")),
+        scopes=str(claims.get("scope", "")).split(),
+        expires_at=int(claims["exp"]),
+        resource=resource,
+        subject=str(claims.get("sub")),
+        claims=claims,
+    )
 
 
 class JwtVerifier(TokenVerifier):
@@ -72,16 +86,7 @@ class JwtVerifier(TokenVerifier):
         except (JoseError, ValueError, httpx2.HTTPError) as exc:
             log.info("token refused", reason=type(exc).__name__)
             return None
-        claims = decoded.claims
-        return AccessToken(
-            token=token,
-            client_id=str(claims.get("client_id", "")),
-            scopes=str(claims.get("scope", "")).split(),
-            expires_at=int(claims["exp"]),
-            resource=self.resource,
-            subject=str(claims["sub"]),
-            claims=claims,
-        )
+        return access_token(token, decoded.claims, self.resource)
 
 
 class IntrospectionVerifier(TokenVerifier):
@@ -104,15 +109,7 @@ class IntrospectionVerifier(TokenVerifier):
             return None
         if not claims.get("active") or claims.get("iss") != self.issuer or claims.get("aud") != self.resource:
             return None
-        return AccessToken(
-            token=token,
-            client_id=str(claims.get("client_id", "")),
-            scopes=str(claims.get("scope", "")).split(),
-            expires_at=int(claims["exp"]),
-            resource=self.resource,
-            subject=str(claims.get("sub")),
-            claims=claims,
-        )
+        return access_token(token, claims, self.resource)
 
 
 class TokenExchange:

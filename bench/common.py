@@ -6,6 +6,7 @@ contenders side by side, in alternating rounds, in one run.
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import statistics
@@ -23,6 +24,15 @@ from mcp.client.streamable_http import streamable_http_client
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = httpx2.Timeout(30, read=300)
+
+
+def arguments(description: str) -> argparse.Namespace:
+    """The knobs every benchmark has: how many rounds, how long each, how many clients at once."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    return parser.parse_args()
 
 
 def free_port() -> int:

@@ -10,12 +10,11 @@ Goal: at least 85 % of 01's throughput, and zero such requests.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import httpx2
 
-from bench.common import Contender, free_port, race, report, start, stop
+from bench.common import Contender, arguments, free_port, race, report, start, stop
 
 GOAL = 0.85
 MACHINE_SECRET = "bench-machine-secret"  # noqa: S105 - a throwaway demo credential
@@ -28,11 +27,7 @@ def requests_seen(log_path: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--concurrency", type=int, default=8)
-    args = parser.parse_args()
+    args = arguments(__doc__ or "")
 
     env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "MACHINE_CLIENT_SECRET": MACHINE_SECRET}
     mcp_port = free_port()

@@ -12,7 +12,6 @@ and drops them, as a collector would.
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 
@@ -22,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.common import Contender, free_port, race, report, start, stop
+from bench.common import Contender, arguments, free_port, race, report, start, stop
 
 GOAL = 0.90
 
@@ -43,11 +42,7 @@ def start_collector() -> tuple[str, uvicorn.Server]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--concurrency", type=int, default=8)
-    args = parser.parse_args()
+    args = arguments(__doc__ or "")
 
     collector, collector_server = start_collector()
     env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}

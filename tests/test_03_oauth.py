@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -403,13 +403,16 @@ class HeadlessBrowser:
         return self.result
 
 
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_sdk_client_signs_in_and_calls_who_am_i(stack: Stack, mode: str) -> None:
-    browser = HeadlessBrowser()
+@contextlib.asynccontextmanager
+async def signed_in(
+    stack: Stack, storage: MemoryStorage | None = None, browser: HeadlessBrowser | None = None, mode: str = "auto"
+) -> AsyncIterator[Client]:
+    """An SDK `Client` whose OAuth provider registers, sends the (headless) browser to sign in, and gets tokens."""
+    browser = browser or HeadlessBrowser()
     oauth = OAuthClientProvider(
         server_url=stack.resource,
         client_metadata=OAuthClientMetadata(client_name="workshop test", redirect_uris=[AnyUrl(CALLBACK)]),
-        storage=MemoryStorage(),
+        storage=storage or MemoryStorage(),
         redirect_handler=browser.open,
         callback_handler=browser.callback,
     )
@@ -417,6 +420,12 @@ async def test_sdk_client_signs_in_and_calls_who_am_i(stack: Stack, mode: str) -
         httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
         Client(streamable_http_client(stack.resource, http_client=http), mode=mode) as client,
     ):
+        yield client
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_sdk_client_signs_in_and_calls_who_am_i(stack: Stack, mode: str) -> None:
+    async with signed_in(stack, mode=mode) as client:
         result = await client.call_tool("who_am_i", {})
     assert result.structured_content is not None
     assert {k: result.structured_content[k] for k in ("sub", "aud", "iss", "scope")} == {
@@ -451,18 +460,7 @@ async def test_sdk_machine_client_uses_client_credentials(stack: Stack) -> None:
 
 async def test_upstream_call_uses_an_exchanged_token(stack: Stack) -> None:
     storage = MemoryStorage()
-    browser = HeadlessBrowser()
-    oauth = OAuthClientProvider(
-        server_url=stack.resource,
-        client_metadata=OAuthClientMetadata(client_name="workshop test", redirect_uris=[AnyUrl(CALLBACK)]),
-        storage=storage,
-        redirect_handler=browser.open,
-        callback_handler=browser.callback,
-    )
-    async with (
-        httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
-        Client(streamable_http_client(stack.resource, http_client=http)) as client,
-    ):
+    async with signed_in(stack, storage) as client:
         result = await client.call_tool("make_authenticated_request", {"message": "hello upstream"})
     reply = result.structured_content
     assert reply is not None, result
@@ -520,19 +518,8 @@ def test_a_tool_needing_more_scope_gets_a_403_challenge(stack: Stack) -> None:
 
 
 async def test_sdk_client_steps_up_to_the_admin_scope(stack: Stack) -> None:
-    browser = HeadlessBrowser()
     storage = MemoryStorage()
-    oauth = OAuthClientProvider(
-        server_url=stack.resource,
-        client_metadata=OAuthClientMetadata(client_name="step-up test", redirect_uris=[AnyUrl(CALLBACK)]),
-        storage=storage,
-        redirect_handler=browser.open,
-        callback_handler=browser.callback,
-    )
-    async with (
-        httpx2.AsyncClient(auth=oauth, timeout=HTTP_TIMEOUT) as http,
-        Client(streamable_http_client(stack.resource, http_client=http)) as client,
-    ):
+    async with signed_in(stack, storage) as client:
         who = await client.call_tool("who_am_i", {})
         listed = await client.call_tool("list_oauth_clients", {})  # 403, sign in again with more scope, retry
     assert who.structured_content is not None and who.structured_content["scope"] == "mcp:read"
