@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 import structlog
 import uvicorn
-from mcp.server import MCPServer
+from mcp.server import MCPServer, Server
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -85,7 +85,7 @@ async def healthz(_request: Request) -> JSONResponse:
 
 
 def build_http_app(
-    mcp: MCPServer[Any],
+    mcp: MCPServer[Any] | Server[Any],
     config: ServerConfig,
     *,
     routes: Sequence[BaseRoute] = (),
@@ -209,7 +209,7 @@ def serve_http(app: Starlette, config: ServerConfig) -> None:
 
 
 def serve(
-    mcp: MCPServer[Any],
+    mcp: MCPServer[Any] | Server[Any],
     config: ServerConfig,
     *,
     routes: Sequence[BaseRoute] = (),

@@ -23,7 +23,7 @@ import anyio
 import anyio.abc
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
-from mcp.server import MCPServer
+from mcp.server import MCPServer, Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
 from mcp.types import ErrorData, JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, RequestId
@@ -123,11 +123,11 @@ def invalid_message_error(exc: Exception) -> JSONRPCError:
     return JSONRPCError(jsonrpc="2.0", id=rid, error=ErrorData(code=INVALID_REQUEST, message=message))
 
 
-async def serve_stdio_async(mcp: MCPServer[Any], grace_seconds: int) -> None:
+async def serve_stdio_async(mcp: MCPServer[Any] | Server[Any], grace_seconds: int) -> None:
     """Serve one stdio connection until stdin closes or a signal arrives, then drain and return."""
     # MCPServer has no public handle on the low-level server its transports drive;
     # we need it to sit between the wire and the server.
-    server = mcp._lowlevel_server  # noqa: SLF001
+    server = mcp._lowlevel_server if isinstance(mcp, MCPServer) else mcp  # noqa: SLF001
     stdin = StdinLines()
     in_flight = InFlight()
     to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](0)

@@ -8,7 +8,7 @@ import pytest
 
 from tests.harness import ServerProcess, conformance
 
-MODULES = ["01-basic-mcp", "02-token-passthrough", "04-observability"]
+MODULES = ["01-basic-mcp", "02-token-passthrough", "04-observability", "05-mcp-proxy"]
 
 # The server scenarios that apply to any server, whatever its tools.
 SCENARIOS = [

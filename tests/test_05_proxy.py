@@ -1,0 +1,164 @@
+"""05-mcp-proxy: configuration, aggregation of real stdio and HTTP backends, and a backend that is down."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import MCPError
+
+from tests.harness import REPO, ServerProcess, free_port, http_client, inspector_cli, load_sibling, run_server
+
+FOLDER = "05-mcp-proxy"
+proxy_config = load_sibling(FOLDER, "proxy_config")
+
+pytestmark = pytest.mark.anyio
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def test_reads_the_go_workshops_config_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp-test")
+    config = proxy_config.parse_config(
+        {
+            "mcpProxy": {"baseURL": "http://localhost:9090", "addr": ":9090", "name": "MCP Proxy"},
+            "mcpServers": {
+                "github": {
+                    "command": "npx",
+                    "args": ["-y", "@modelcontextprotocol/server-github"],
+                    "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": "${GITHUB_TOKEN}"},
+                    "options": {"toolFilter": {"mode": "block", "list": ["create_repository"]}},
+                },
+                "fetch": {"url": "http://127.0.0.1:1/mcp", "headers": {"X-Team": "a"},
+                          "options": {"toolFilter": {"mode": "allow", "list": ["fetch"]}}},
+                "off": {"command": "x", "disabled": True},
+            },
+        }
+    )  # fmt: skip
+    github, fetch = config.backends
+    assert (github.name, github.env["GITHUB_PERSONAL_ACCESS_TOKEN"], github.prefix) == (
+        "github",
+        "ghp-test",
+        "github__",
+    )
+    assert not github.offers("create_repository") and github.offers("search_code")
+    assert (fetch.url, fetch.headers, fetch.offers("fetch"), fetch.offers("other")) == (
+        "http://127.0.0.1:1/mcp", {"X-Team": "a"}, True, False,
+    )  # fmt: skip
+
+
+def test_reads_claude_desktop_and_vscode_files_unchanged() -> None:
+    claude = json.loads((REPO / "claude_desktop_config.json").read_text())
+    assert [b.name for b in proxy_config.parse_config(claude).backends] == ["workshop-01-stdio", "workshop-01-http"]
+    vscode = json.loads((REPO / ".vscode" / "mcp.json").read_text().replace("${workspaceFolder}", str(REPO)))
+    assert [b.url for b in proxy_config.parse_config(vscode).backends] == [None, "http://127.0.0.1:8081/mcp"]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"servers": {"a": {"command": "x", "url": "http://h/mcp"}}}, "$.servers.a: give either command"),
+        ({"mcpServers": {"a": {"command": "x", "args": "not-a-list"}}}, "$.mcpServers.a.args: expected a list"),
+        (
+            {"mcpServers": {"a": {"command": "${NO_SUCH_VARIABLE_HERE}"}}},
+            "$.mcpServers.a.command: environment variable",
+        ),
+        ({"mcpServers": {"bad name!": {"command": "x"}}}, "$.mcpServers.bad name!: server names use"),
+        ({"nothing": {}}, "$: expected mcpServers"),
+    ],
+)
+def test_configuration_errors_name_the_json_path(config: Any, message: str) -> None:
+    with pytest.raises(proxy_config.ConfigError) as raised:
+        proxy_config.parse_config(config)
+    assert str(raised.value).startswith(message)
+
+
+def test_check_mode_validates_and_exits(tmp_path: Path) -> None:
+    assert run_server(FOLDER, "--check").returncode == 0  # the shipped config
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"mcpServers": {"a": {}}}')
+    done = run_server(FOLDER, "--check", "--config", str(broken))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "server.py: error: $.mcpServers.a: give either command (stdio) or url (streamable HTTP) (try --help)"
+    ]
+
+
+# --- aggregation over real backends ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The proxy in front of 01 over stdio, 04 over HTTP, and one backend that is not there."""
+    with ServerProcess("04-observability") as http_backend:
+        config = {
+            "mcpServers": {
+                "basic": {"command": sys.executable, "args": [str(REPO / "01-basic-mcp" / "server.py")],
+                          "options": {"toolFilter": {"mode": "block", "list": ["countdown"]}}},
+                "traced": {"url": http_backend.url, "prefix": "t_"},
+                "gone": {"url": f"http://127.0.0.1:{free_port()}/mcp"},
+            }
+        }  # fmt: skip
+        path = tmp_path_factory.mktemp("proxy") / "config.json"
+        path.write_text(json.dumps(config))
+        with ServerProcess(FOLDER, "--config", str(path)) as proxy:
+            yield proxy
+
+
+async def test_tools_of_every_live_backend_under_their_prefix(proxied: ServerProcess) -> None:
+    async with http_client(proxied.url) as client:
+        names = [tool.name for tool in (await client.list_tools()).tools]
+        via_stdio = await client.call_tool("basic__echo_message", {"message": "to 01"})
+        via_http = await client.call_tool("t_add_numbers", {"num1": 1, "num2": 2})
+    assert names == ["basic__echo_message", "basic__add_numbers", "t_echo_message", "t_add_numbers",
+                     "t_divide_numbers", "t_simulate_crash"]  # fmt: skip
+    assert via_stdio.content[0].text == "Echo: to 01"  # type: ignore[union-attr]
+    assert via_http.structured_content == {"result": 3}
+
+
+async def test_a_filtered_or_unknown_tool_never_reaches_a_backend(proxied: ServerProcess) -> None:
+    async with http_client(proxied.url) as client:
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("basic__countdown", {"seconds": 1})
+    assert (raised.value.error.code, raised.value.error.message) == (-32602, "Unknown tool: basic__countdown")
+
+
+async def test_backend_errors_come_back_as_they_were(proxied: ServerProcess) -> None:
+    async with http_client(proxied.url) as client:
+        result = await client.call_tool("t_divide_numbers", {"dividend": 1, "divisor": 0})
+    assert result.is_error
+    assert result.content[0].text == "Error executing tool divide_numbers: cannot divide by zero"  # type: ignore[union-attr]
+    # The answer is stamped by the proxy, not by the backend behind it.
+    assert result.meta is not None and result.meta["io.modelcontextprotocol/serverInfo"]["name"] == "mcp-proxy"
+
+
+def test_readiness_tells_the_truth_about_each_backend(proxied: ServerProcess) -> None:
+    response = httpx2.get(proxied.base_url + "/readyz")
+    assert response.status_code == 503
+    backends = response.json()["backends"]
+    assert (backends["basic"]["state"], backends["basic"]["tools"]) == ("up", 2)
+    assert (backends["traced"]["state"], backends["traced"]["tools"]) == ("up", 4)
+    assert backends["gone"]["state"] == "failed" and "ConnectError" in backends["gone"]["error"]
+    assert httpx2.get(proxied.base_url + "/healthz").json() == {"status": "ok"}
+
+
+def test_inspector_calls_a_namespaced_tool_through_the_proxy(proxied: ServerProcess) -> None:
+    result = inspector_cli(
+        proxied.url, "--method", "tools/call", "--tool-name", "basic__add_numbers", "--tool-arg", "num1=2", "num2=2"
+    )
+    assert result["structuredContent"] == {"result": 4}
+
+
+def test_a_name_two_backends_would_share_is_a_configuration_error(tmp_path: Path) -> None:
+    one = {"command": sys.executable, "args": [str(REPO / "01-basic-mcp" / "server.py")], "prefix": ""}
+    path = tmp_path / "clash.json"
+    path.write_text(json.dumps({"mcpServers": {"one": one, "two": one}}))
+    with pytest.raises(RuntimeError) as raised:
+        ServerProcess(FOLDER, "--config", str(path)).start()
+    assert "tool 'echo_message' is offered by both 'one' and 'two'" in str(raised.value)
