@@ -49,6 +49,7 @@ class Backend:
 @dataclass(frozen=True)
 class ProxyConfig:
     backends: tuple[Backend, ...]
+    auth_tokens: tuple[str, ...] = ()  # bearer tokens a client must present at /mcp; none means open
 
 
 def expand(value: Any, path: str) -> Any:
@@ -122,13 +123,17 @@ def parse_config(data: Any) -> ProxyConfig:
     entries = data[key]
     if not isinstance(entries, dict):
         raise ConfigError(f"$.{key}: expected an object of servers")
+    proxy_options = expand((data.get("mcpProxy") or {}).get("options") or {}, "$.mcpProxy.options")
+    tokens = proxy_options.get("authTokens") or []
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        raise ConfigError("$.mcpProxy.options.authTokens: expected a list of non-empty strings")
     backends = []
     for name, entry in entries.items():
         path = f"$.{key}.{name}"
         backend = parse_backend(name, expand(entry, path), path)
         if backend is not None:
             backends.append(backend)
-    return ProxyConfig(tuple(backends))
+    return ProxyConfig(tuple(backends), tuple(tokens))
 
 
 def load_config(path: Path) -> ProxyConfig:

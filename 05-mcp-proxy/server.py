@@ -12,6 +12,7 @@ others down.
 
 from __future__ import annotations
 
+import hmac
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -35,12 +36,16 @@ from mcp.types import (
     Tool,
 )
 from proxy_config import Backend, ConfigError, ProxyConfig, load_config
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import configure_logging, parse_config, serve
 from shared.config import build_parser
+from shared.context import bearer_token
 
 DEFAULT_PORT = 9090
 DEFAULT_CONFIG = Path(__file__).with_name("config.json")
@@ -152,6 +157,28 @@ def make_server(config: ProxyConfig) -> Server[Proxy]:
     return Server("mcp-proxy", lifespan=lifespan, on_list_tools=list_tools, on_call_tool=call_tool)
 
 
+class FrontDoor:
+    """ASGI middleware: with `authTokens` configured, /mcp answers only callers presenting one of them.
+
+    Compared in constant time, so the answer's timing says nothing about how
+    much of a guess was right. The tokens open the proxy only: they are never
+    passed on to a backend.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
+        self.app, self.tokens = app, [token.encode() for token in tokens]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/mcp"):
+            offered = bearer_token(Headers(scope=scope).get("authorization"))
+            presented = offered.reveal().encode() if offered else b""
+            if not any(hmac.compare_digest(presented, token) for token in self.tokens):
+                refusal = JSONResponse({"error": "invalid_token"}, 401, headers={"WWW-Authenticate": "Bearer"})
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def failure(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
@@ -179,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{args.config}: {len(proxy_config.backends)} backends, configuration is valid", file=sys.stderr)
         return
     configure_logging(config.log_level, config.log_format)
-    serve(make_server(proxy_config), config, routes=[Route("/readyz", readyz)])
+    front_door = [Middleware(FrontDoor, tokens=proxy_config.auth_tokens)] if proxy_config.auth_tokens else []
+    serve(make_server(proxy_config), config, routes=[Route("/readyz", readyz)], middleware=front_door)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,16 @@ import httpx2
 import pytest
 from mcp import MCPError
 
-from tests.harness import REPO, ServerProcess, free_port, http_client, inspector_cli, load_sibling, run_server
+from tests.harness import (
+    REPO,
+    ServerProcess,
+    free_port,
+    http_client,
+    inspector_cli,
+    load_sibling,
+    remember_secret,
+    run_server,
+)
 
 FOLDER = "05-mcp-proxy"
 proxy_config = load_sibling(FOLDER, "proxy_config")
@@ -162,3 +171,22 @@ def test_a_name_two_backends_would_share_is_a_configuration_error(tmp_path: Path
     with pytest.raises(RuntimeError) as raised:
         ServerProcess(FOLDER, "--config", str(path)).start()
     assert "tool 'echo_message' is offered by both 'one' and 'two'" in str(raised.value)
+
+
+def test_auth_tokens_guard_the_front_door(tmp_path: Path) -> None:
+    config = {
+        "mcpProxy": {"options": {"authTokens": ["${PROXY_TOKEN}"]}},
+        "mcpServers": {"basic": {"command": sys.executable, "args": [str(REPO / "01-basic-mcp" / "server.py")]}},
+    }
+    path = tmp_path / "guarded.json"
+    path.write_text(json.dumps(config))
+    token = remember_secret("proxy-front-door-token-for-tests")
+    body = '{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    with ServerProcess(FOLDER, "--config", str(path), env={"PROXY_TOKEN": token}) as proxy:
+        assert httpx2.post(proxy.url, content=body, headers=headers).status_code == 401
+        wrong = {**headers, "authorization": "Bearer proxy-front-door-token-for-test"}
+        assert httpx2.post(proxy.url, content=body, headers=wrong).status_code == 401
+        inspected = inspector_cli(proxy.url, "--header", f"Authorization: Bearer {token}", "--method", "tools/list")
+        assert "basic__echo_message" in [tool["name"] for tool in inspected["tools"]]
+        assert httpx2.get(proxy.base_url + "/readyz").status_code == 200  # health stays open
