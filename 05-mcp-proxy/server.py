@@ -15,11 +15,11 @@ from __future__ import annotations
 import hmac
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import structlog
@@ -30,8 +30,16 @@ from mcp.types import (
     INVALID_PARAMS,
     CallToolRequestParams,
     CallToolResult,
+    GetPromptRequestParams,
+    GetPromptResult,
+    ListPromptsResult,
+    ListResourcesResult,
     ListToolsResult,
     PaginatedRequestParams,
+    Prompt,
+    ReadResourceRequestParams,
+    ReadResourceResult,
+    Resource,
     TextContent,
     Tool,
 )
@@ -63,24 +71,50 @@ class Connection:
     state: str = "starting"  # "up" or "failed"
     error: str | None = None
     tools: list[Tool] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
+    resources: list[Resource] = field(default_factory=list)
 
 
 @dataclass
 class Proxy:
     connections: dict[str, Connection] = field(default_factory=dict)
     routes: dict[str, tuple[Connection, Tool]] = field(default_factory=dict)  # public name -> owner, tool
+    prompts: dict[str, tuple[Connection, Prompt]] = field(default_factory=dict)  # public name -> owner, prompt
+    resources: dict[str, tuple[Connection, Resource]] = field(default_factory=dict)  # URI -> owner, resource
 
     def publish(self) -> None:
         """Rebuild the public catalogue; two backends offering the same public name is a configuration error."""
-        routes: dict[str, tuple[Connection, Tool]] = {}
-        for connection in self.connections.values():
-            for tool in connection.tools:
-                public = connection.backend.public_name(tool.name)
-                if public in routes:
-                    owner = routes[public][0].backend.name
-                    raise ConfigError(f"tool {public!r} is offered by both {owner!r} and {connection.backend.name!r}")
-                routes[public] = (connection, tool)
-        self.routes = routes
+        self.routes = catalogue(
+            self.connections.values(), "tool", lambda c: c.tools, lambda c, t: c.backend.public_name(t.name)
+        )
+        self.prompts = catalogue(
+            self.connections.values(), "prompt", lambda c: c.prompts, lambda c, p: c.backend.public_name(p.name)
+        )
+        # Resource URIs stay as the backend wrote them, so that a client can read exactly what it listed.
+        self.resources = catalogue(
+            self.connections.values(), "resource", lambda c: c.resources, lambda c, r: str(r.uri)
+        )
+
+
+T = TypeVar("T")
+
+
+def catalogue(
+    connections: Iterable[Connection],
+    kind: str,
+    items: Callable[[Connection], list[T]],
+    public: Callable[[Connection, T], str],
+) -> dict[str, tuple[Connection, T]]:
+    """Public name -> (owner, item) for every live backend; a name two backends share is refused."""
+    found: dict[str, tuple[Connection, T]] = {}
+    for connection in connections:
+        for item in items(connection):
+            name = public(connection, item)
+            if name in found:
+                owner = found[name][0].backend.name
+                raise ConfigError(f"{kind} {name!r} is offered by both {owner!r} and {connection.backend.name!r}")
+            found[name] = (connection, item)
+    return found
 
 
 proxy = Proxy()
@@ -109,6 +143,11 @@ async def connect(connection: Connection, stack: AsyncExitStack) -> None:
         return
     connection.client, connection.state = client, "up"
     connection.tools = [tool for tool in listed if backend.offers(tool.name)]
+    capabilities = client.server_capabilities
+    if capabilities is not None and capabilities.prompts is not None:
+        connection.prompts = (await client.list_prompts()).prompts
+    if capabilities is not None and capabilities.resources is not None:
+        connection.resources = (await client.list_resources()).resources
     log.info("backend up", backend=backend.name, tools=len(connection.tools))
 
 
@@ -154,7 +193,45 @@ def make_server(config: ProxyConfig) -> Server[Proxy]:
             return failure(f"the server {connection.backend.name!r} failed: {type(exc).__name__}")
         return result.model_copy(update={"meta": None})  # the backend's own serverInfo stamp stays behind
 
-    return Server("mcp-proxy", lifespan=lifespan, on_list_tools=list_tools, on_call_tool=call_tool)
+    async def list_prompts(
+        ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None
+    ) -> ListPromptsResult:
+        prompts = ctx.lifespan_context.prompts
+        return ListPromptsResult(prompts=[p.model_copy(update={"name": public}) for public, (_, p) in prompts.items()])
+
+    async def get_prompt(ctx: ServerRequestContext[Proxy], params: GetPromptRequestParams) -> GetPromptResult:
+        route = ctx.lifespan_context.prompts.get(params.name)
+        if route is None or route[0].client is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+        connection, prompt = route
+        assert connection.client is not None
+        result = await connection.client.get_prompt(prompt.name, params.arguments)
+        return result.model_copy(update={"meta": None})
+
+    async def list_resources(
+        ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        return ListResourcesResult(resources=[resource for _, resource in ctx.lifespan_context.resources.values()])
+
+    async def read_resource(ctx: ServerRequestContext[Proxy], params: ReadResourceRequestParams) -> ReadResourceResult:
+        route = ctx.lifespan_context.resources.get(str(params.uri))
+        if route is None or route[0].client is None:
+            raise MCPError(
+                code=INVALID_PARAMS, message=f"Unknown resource: {params.uri}", data={"uri": str(params.uri)}
+            )
+        result = await route[0].client.read_resource(str(params.uri))
+        return result.model_copy(update={"meta": None})
+
+    return Server(
+        "mcp-proxy",
+        lifespan=lifespan,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
+    )
 
 
 class FrontDoor:

@@ -190,3 +190,18 @@ def test_auth_tokens_guard_the_front_door(tmp_path: Path) -> None:
         inspected = inspector_cli(proxy.url, "--header", f"Authorization: Bearer {token}", "--method", "tools/list")
         assert "basic__echo_message" in [tool["name"] for tool in inspected["tools"]]
         assert httpx2.get(proxy.base_url + "/readyz").status_code == 200  # health stays open
+
+
+async def test_prompts_and_resources_come_through_too(proxied: ServerProcess) -> None:
+    async with http_client(proxied.url) as client:
+        prompts = [prompt.name for prompt in (await client.list_prompts()).prompts]
+        prompt = await client.get_prompt("basic__explain_tool", {"tool_name": "add_numbers"})
+        uris = [str(resource.uri) for resource in (await client.list_resources()).resources]
+        about = await client.read_resource("workshop://about")
+        with pytest.raises(MCPError) as unknown:
+            await client.read_resource("workshop://nowhere")
+    assert prompts == ["basic__explain_tool"]
+    assert "`add_numbers` tool" in prompt.messages[0].content.text  # type: ignore[union-attr]
+    assert uris == ["workshop://about", "telemetry://recent-spans"]  # as each backend wrote them
+    assert about.contents[0].text.startswith("# basic-mcp")  # type: ignore[union-attr]
+    assert unknown.value.error.code == -32602
