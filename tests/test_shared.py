@@ -19,7 +19,7 @@ from starlette.routing import Route
 from shared.config import Address, ConfigError, ServerConfig, parse_addr, parse_config
 from shared.context import RequestContextMiddleware, Secret, bearer_token, caller_token, request_id
 from shared.logs import REDACTED, configure_logging
-from shared.serve import build_http_app, mcp_url, origin_regex, transport_security
+from shared.serve import bind_socket, build_http_app, mcp_url, origin_regex, transport_security
 from tests.harness import serve_app
 
 pytestmark = pytest.mark.anyio
@@ -194,3 +194,14 @@ async def test_app_serves_health_and_extra_routes_beside_mcp() -> None:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/hello")).json() == {"hello": "world"}
         assert (await http.get("/mcp", headers={"accept": "application/json"})).status_code != 404
+
+
+def test_listening_socket_disables_nagle() -> None:
+    """Without TCP_NODELAY every 2026-07-28 response waited ~40 ms for a delayed ACK (bench/ found it)."""
+    import socket
+
+    sock = bind_socket(Address("127.0.0.1", 0))
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        sock.close()
