@@ -29,6 +29,7 @@ from shared.context import bearer_token
 from shared.upstream import Caller, Rejected, Verifier
 
 JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we do not know
+VERIFIED_CACHE_SIZE = 1024  # tokens remembered as valid until they expire
 
 log = structlog.get_logger("oauth-mcp")
 
@@ -59,6 +60,7 @@ class JwtVerifier(TokenVerifier):
         self.jwks_url = jwks_url or f"{issuer}/jwks"
         self.keys: KeySet | None = None
         self.fetched_at = 0.0
+        self.verified: dict[str, AccessToken] = {}
 
     async def key_set(self, kid: str | None) -> KeySet:
         """The cached keys; fetched again when a token names a key id not among them (the issuer rotated)."""
@@ -71,6 +73,19 @@ class JwtVerifier(TokenVerifier):
         return self.keys
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        # A client sends the same token with every request until it expires: check each token once,
+        # then answer from memory until its `exp`. (Revocation needs --introspect either way.)
+        remembered = self.verified.get(token)
+        if remembered is not None and (remembered.expires_at or 0) > time.time():
+            return remembered
+        checked = await self.check(token)
+        if checked is not None:
+            if len(self.verified) >= VERIFIED_CACHE_SIZE:
+                self.verified.pop(next(iter(self.verified)))  # the oldest goes first
+            self.verified[token] = checked
+        return checked
+
+    async def check(self, token: str) -> AccessToken | None:
         try:
             header = extract_compact(token.encode()).headers()
             if header.get("typ") != "at+jwt":  # not an ID token, not some other JWT
@@ -174,7 +189,9 @@ class ScopeGate:
             await self.app(scope, receive, send)
             return
         body, replay = await read_body(receive)
-        needed = self.tool_scopes.get(called_tool(body) or "", [])
+        # Parse only a body that can name a guarded tool: most calls need nothing beyond the base scope.
+        mentions = any(name.encode() in body for name in self.tool_scopes)
+        needed = self.tool_scopes.get(called_tool(body) or "", []) if mentions else []
         token = bearer_token(Headers(scope=scope).get("authorization"))
         access = await self.verifier.verify_token(token.reveal()) if needed and token else None
         if access is not None and not set(needed) <= set(access.scopes):

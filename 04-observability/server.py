@@ -35,6 +35,9 @@ recent_spans = RecentSpans()
 telemetry = TelemetryMiddleware(record_payloads=os.environ.get(RECORD_PAYLOADS_ENV, "") == "true")
 
 
+known_tools: set[str] = set()
+
+
 async def reject_unknown_tools(ctx: ServerRequestContext[object, object], call_next: CallNext) -> HandlerResult:
     """An unknown tool is a protocol error (-32602) in the MCP spec; the SDK answers with a tool result instead.
 
@@ -44,7 +47,10 @@ async def reject_unknown_tools(ctx: ServerRequestContext[object, object], call_n
     """
     if ctx.method == "tools/call":
         name = (ctx.params or {}).get("name")
-        if name not in {tool.name for tool in await mcp.list_tools()}:
+        if name not in known_tools:  # look again on a miss only: tools may be added while the server runs
+            known_tools.clear()
+            known_tools.update(tool.name for tool in await mcp.list_tools())
+        if name not in known_tools:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
     return await call_next(ctx)
 

@@ -100,17 +100,21 @@ class LogSpanExporter(SpanExporter):
 
 
 class RecentSpans(SpanExporter):
-    """The last `size` finished spans, newest last: a tracing backend small enough to live in the server."""
+    """The last `size` finished spans, newest last: a tracing backend small enough to live in the server.
+
+    Spans are kept as they are and summarised only when someone reads them:
+    this runs for every span, the reading rarely.
+    """
 
     def __init__(self, size: int = 50) -> None:
-        self._spans: deque[dict[str, Any]] = deque(maxlen=size)
+        self._spans: deque[ReadableSpan] = deque(maxlen=size)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self._spans.extend(span_summary(span) for span in spans)
+        self._spans.extend(spans)
         return SpanExportResult.SUCCESS
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return list(self._spans)
+        return [span_summary(span) for span in list(self._spans)]
 
 
 def build_span_exporter(env: Mapping[str, str]) -> SpanExporter | None:
