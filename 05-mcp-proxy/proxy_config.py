@@ -9,6 +9,7 @@ names the JSON path of the value it is about.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,12 +18,24 @@ from pathlib import Path
 from typing import Any
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 SEPARATOR = "__"
+MAX_NAME = 128  # the spec's limit for tool and prompt names
 
 
 class ConfigError(ValueError):
     """A configuration the proxy cannot use; the message starts with the JSON path."""
+
+
+@dataclass(frozen=True)
+class Restart:
+    """How a backend that dies is brought back: `max` tries in a row, waiting `delay` s, doubling each time."""
+
+    enabled: bool = True
+    max: int = 5
+    delay: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -35,12 +48,28 @@ class Backend:
     env: dict[str, str] = field(default_factory=dict)
     url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
     prefix: str = ""  # what public names start with: `<name>__` unless configured
     allow: frozenset[str] | None = None  # tool names to offer; None offers all
     block: frozenset[str] = frozenset()
+    timeout: float = 60.0  # idle timeout of a call: no answer and no progress for this long
+    max_duration: float = 600.0  # hard cap of a call, progress or not
+    tool_timeouts: tuple[tuple[str, float], ...] = ()  # per-tool idle timeouts
+    restart: Restart = Restart()
+    required: bool = False  # /readyz is 503 while a required backend is down
+    pinning: str = "block"  # what a changed tool definition does: block, warn or off
+    forward_authorization: bool = False  # pass the caller's Authorization header on (HTTP backends only)
 
     def public_name(self, tool: str) -> str:
-        return f"{self.prefix}{tool}"
+        """`prefix` + name, kept within the spec's 128 characters by a stable hash suffix."""
+        name = f"{self.prefix}{tool}"
+        if len(name) <= MAX_NAME:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        return f"{name[: MAX_NAME - 9]}_{digest}"
+
+    def idle_timeout(self, tool: str) -> float:
+        return dict(self.tool_timeouts).get(tool, self.timeout)
 
     def offers(self, tool: str) -> bool:
         return tool not in self.block and (self.allow is None or tool in self.allow)
@@ -49,7 +78,9 @@ class Backend:
 @dataclass(frozen=True)
 class ProxyConfig:
     backends: tuple[Backend, ...]
-    auth_tokens: tuple[str, ...] = ()  # bearer tokens a client must present at /mcp; none means open
+    # Bearer tokens a client must present at /mcp (none means open), each with the backends it opens (None: all).
+    auth_tokens: tuple[tuple[str, frozenset[str] | None], ...] = ()
+    pins_file: str | None = None
 
 
 def expand(value: Any, path: str) -> Any:
@@ -57,9 +88,10 @@ def expand(value: Any, path: str) -> Any:
     if isinstance(value, str):
 
         def lookup(match: re.Match[str]) -> str:
-            if match[1] not in os.environ:
-                raise ConfigError(f"{path}: environment variable {match[1]} is not set")
-            return os.environ[match[1]]
+            name, default = match[1], match[2]
+            if name not in os.environ and default is None:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return os.environ.get(name, default or "")
 
         return VARIABLE.sub(lookup, value)
     if isinstance(value, dict):
@@ -77,14 +109,48 @@ def strings(value: Any, path: str) -> dict[str, str]:
     return dict(value)
 
 
+def duration(value: Any, path: str) -> float:
+    """`"30s"`, `"500ms"`, `"2m"`, or a bare number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = DURATION.match(value) if isinstance(value, str) else None
+    if match is None or float(match[1]) <= 0:
+        raise ConfigError(f'{path}: expected a duration such as 30, "30s", "500ms" or "2m"')
+    return float(match[1]) * UNITS[match[2]]
+
+
+def parse_restart(value: Any, path: str) -> Restart:
+    if value is None:
+        return Restart()
+    if isinstance(value, bool):
+        return Restart(enabled=value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected true, false or an object")
+    tries = value.get("max", Restart.max)
+    if not isinstance(tries, int) or tries < 0:
+        raise ConfigError(f"{path}.max: expected a whole number")
+    delay = duration(value["delay"], f"{path}.delay") if "delay" in value else Restart.delay
+    return Restart(enabled=bool(value.get("enabled", True)), max=tries, delay=delay)
+
+
+def option(entry: dict[str, Any], options: dict[str, Any], key: str, default: Any = None) -> Any:
+    """A per-server setting, at the top of the entry (Claude style) or under `options` (TBXark style)."""
+    return entry.get(key, options.get(key, default))
+
+
 def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: expected an object")
     if not NAME.match(name):
         raise ConfigError(f"{path}: server names use letters, digits, '.', '_' and '-' (at most 64)")
     options = entry.get("options") or {}  # TBXark keeps per-server options here
-    if entry.get("disabled") or options.get("disabled"):
+    if entry.get("disabled") or options.get("disabled") or entry.get("enabled") is False:
         return None
+    kind = entry.get("type") or entry.get("transportType") or entry.get("transport")
+    if kind in ("sse",):
+        raise ConfigError(f'{path}.type: SSE backends are not supported; use streamable HTTP (type "http")')
+    if kind not in (None, "stdio", "http", "streamable-http", "streamableHttp", "streamable_http"):
+        raise ConfigError(f"{path}.type: expected stdio or http")
     command, url = entry.get("command"), entry.get("url") or entry.get("httpUrl")
     if bool(command) == bool(url):
         raise ConfigError(f"{path}: give either command (stdio) or url (streamable HTTP)")
@@ -99,8 +165,17 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     if mode not in ("allow", "block"):
         raise ConfigError(f"{path}.options.toolFilter.mode: expected allow or block")
     prefix = entry.get("prefix", f"{name}{SEPARATOR}")
-    if not isinstance(prefix, str):
-        raise ConfigError(f"{path}.prefix: expected a string")
+    if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9._-]*", prefix):
+        raise ConfigError(f"{path}.prefix: expected letters, digits, '.', '_' or '-' (or \"\" for none)")
+    tool_timeouts = option(entry, options, "toolTimeouts") or {}
+    if not isinstance(tool_timeouts, dict):
+        raise ConfigError(f"{path}.toolTimeouts: expected an object of tool name to duration")
+    pinning = option(entry, options, "pinning", "block")
+    if pinning not in ("block", "warn", "off"):
+        raise ConfigError(f"{path}.pinning: expected block, warn or off")
+    cwd = entry.get("cwd")
+    if cwd is not None and not isinstance(cwd, str):
+        raise ConfigError(f"{path}.cwd: expected a string")
     return Backend(
         name=name,
         command=command,
@@ -108,10 +183,40 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
         env=strings(entry.get("env"), f"{path}.env"),
         url=url,
         headers=strings(entry.get("headers"), f"{path}.headers"),
+        cwd=cwd,
         prefix=prefix,
         allow=frozenset(listed) if tool_filter and mode == "allow" else None,
         block=frozenset(listed) if mode == "block" else frozenset(),
+        timeout=duration(option(entry, options, "timeout", 60), f"{path}.timeout"),
+        max_duration=duration(option(entry, options, "maxDuration", 600), f"{path}.maxDuration"),
+        tool_timeouts=tuple(
+            (tool, duration(value, f"{path}.toolTimeouts.{tool}")) for tool, value in sorted(tool_timeouts.items())
+        ),
+        restart=parse_restart(option(entry, options, "restart"), f"{path}.restart"),
+        required=bool(option(entry, options, "required", False)),
+        pinning=pinning,
+        forward_authorization=bool(option(entry, options, "forwardAuthorization", False)) and url is not None,
     )
+
+
+def parse_tokens(value: Any, path: str, servers: set[str]) -> tuple[tuple[str, frozenset[str] | None], ...]:
+    """`"token"` opens every backend; `{"token": "...", "servers": ["a"]}` opens only those listed."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of tokens")
+    tokens: list[tuple[str, frozenset[str] | None]] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str) and item:
+            tokens.append((item, None))
+            continue
+        token = item.get("token") if isinstance(item, dict) else None
+        scope = item.get("servers") if isinstance(item, dict) else None
+        if not isinstance(token, str) or not token or not isinstance(scope, list):
+            raise ConfigError(f"{path}[{i}]: expected a token, or an object with token and servers")
+        unknown = sorted(set(scope) - servers)
+        if unknown:
+            raise ConfigError(f"{path}[{i}].servers: no server named {unknown[0]!r}")
+        tokens.append((token, frozenset(scope)))
+    return tuple(tokens)
 
 
 def parse_config(data: Any) -> ProxyConfig:
@@ -124,16 +229,17 @@ def parse_config(data: Any) -> ProxyConfig:
     if not isinstance(entries, dict):
         raise ConfigError(f"$.{key}: expected an object of servers")
     proxy_options = expand((data.get("mcpProxy") or {}).get("options") or {}, "$.mcpProxy.options")
-    tokens = proxy_options.get("authTokens") or []
-    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
-        raise ConfigError("$.mcpProxy.options.authTokens: expected a list of non-empty strings")
     backends = []
     for name, entry in entries.items():
         path = f"$.{key}.{name}"
         backend = parse_backend(name, expand(entry, path), path)
         if backend is not None:
             backends.append(backend)
-    return ProxyConfig(tuple(backends), tuple(tokens))
+    tokens = parse_tokens(proxy_options.get("authTokens") or [], "$.mcpProxy.options.authTokens", set(entries))
+    pins_file = proxy_options.get("pinsFile")
+    if pins_file is not None and not isinstance(pins_file, str):
+        raise ConfigError("$.mcpProxy.options.pinsFile: expected a path")
+    return ProxyConfig(tuple(backends), tokens, pins_file)
 
 
 def load_config(path: Path) -> ProxyConfig:

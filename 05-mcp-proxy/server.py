@@ -3,11 +3,13 @@
     .venv/bin/python 05-mcp-proxy/server.py -t http                         # http://127.0.0.1:9090/mcp
     .venv/bin/python 05-mcp-proxy/server.py -t http --config my-config.json
     .venv/bin/python 05-mcp-proxy/server.py --check --config my-config.json  # validate and exit
+    .venv/bin/python 05-mcp-proxy/server.py --approve basic/echo_message     # accept a changed tool
 
-Each backend's tools appear under `<server>__<tool>` (or the backend's own
-`prefix`). The proxy opens one session per backend when it starts, and a
-backend that fails to start is reported at /readyz without taking the
-others down.
+Each backend's tools and prompts appear under `<server>__<name>` (or the
+backend's own `prefix`); resources keep their URIs. The proxy keeps one
+session per backend, restarts backends that die, relays `list_changed`,
+progress, cancellation and the backend's questions for the user, and
+reloads its configuration file when it changes.
 """
 
 from __future__ import annotations
@@ -15,34 +17,39 @@ from __future__ import annotations
 import hmac
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import httpx2
+import anyio
 import structlog
-from mcp import Client, MCPError, StdioServerParameters
-from mcp.client.streamable_http import streamable_http_client
+from anyio.abc import TaskGroup
+from links import BackendError, Message, Timeouts
+from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
+from mcp.server.caching import CACHEABLE_METHODS, CacheHint
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp.types import (
     INVALID_PARAMS,
     CallToolRequestParams,
-    CallToolResult,
+    CreateMessageRequest,
+    CreateMessageResult,
+    ElicitRequest,
+    ElicitResult,
     GetPromptRequestParams,
-    GetPromptResult,
-    ListPromptsResult,
-    ListResourcesResult,
-    ListToolsResult,
     PaginatedRequestParams,
-    Prompt,
     ReadResourceRequestParams,
-    ReadResourceResult,
-    Resource,
-    TextContent,
-    Tool,
 )
+from opentelemetry import metrics, propagate
+from pins import Pins
 from proxy_config import Backend, ConfigError, ProxyConfig, load_config
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -50,223 +57,505 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from supervisor import Connection, Unavailable
 
 from shared import configure_logging, parse_config, serve
 from shared.config import build_parser
 from shared.context import bearer_token
+from shared.telemetry import INSTRUMENTATION_NAME, TelemetryMiddleware, metrics_endpoint, setup_telemetry
 
 DEFAULT_PORT = 9090
 DEFAULT_CONFIG = Path(__file__).with_name("config.json")
-HTTP_TIMEOUT = httpx2.Timeout(30, read=300)
+SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+KINDS = ("tools", "prompts", "resources", "resourceTemplates")
+CHANGED: dict[str, type[ToolsListChanged | PromptsListChanged | ResourcesListChanged]] = {
+    "tools": ToolsListChanged,
+    "prompts": PromptsListChanged,
+    "resources": ResourcesListChanged,
+}
+SCOPE_KEY = "mcp_proxy.servers"  # where the front door leaves which backends the caller's token opens
+RELOAD_POLL = 1.0  # seconds between looks at the configuration and pins files
+START_PATIENCE = 20.0  # seconds the proxy waits for every backend's first start before serving anyway
 
 log = structlog.get_logger("mcp-proxy")
 
+# What a handler returns: the result as a plain dict. The SDK checks a dict against the spec's schema once, on
+# the way out, instead of our building a model from the backend's answer first (its types name only models).
+Reply = Any
+
 
 @dataclass
-class Connection:
-    """One backend, as the proxy sees it now."""
+class Item:
+    """One thing a backend offers, under the name clients see it by."""
 
-    backend: Backend
-    client: Client | None = None
-    state: str = "starting"  # "up" or "failed"
-    error: str | None = None
-    tools: list[Tool] = field(default_factory=list)
-    prompts: list[Prompt] = field(default_factory=list)
-    resources: list[Resource] = field(default_factory=list)
+    owner: Connection
+    original: Message  # as the backend described it: its own name is what we call it by
+    public: Message  # as clients see it
 
 
 @dataclass
 class Proxy:
+    """Every backend, and the merged catalogue clients see."""
+
+    config: ProxyConfig
+    pins: Pins
     connections: dict[str, Connection] = field(default_factory=dict)
-    routes: dict[str, tuple[Connection, Tool]] = field(default_factory=dict)  # public name -> owner, tool
-    prompts: dict[str, tuple[Connection, Prompt]] = field(default_factory=dict)  # public name -> owner, prompt
-    resources: dict[str, tuple[Connection, Resource]] = field(default_factory=dict)  # URI -> owner, resource
+    scopes: dict[str, anyio.CancelScope] = field(default_factory=dict)  # stops one backend's supervisor
+    catalogue: dict[str, dict[str, Item]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
+    templates: list[tuple[UriTemplate, Item]] = field(default_factory=list)
+    quarantined: dict[str, str] = field(default_factory=dict)  # public tool name -> why
+    conflicts: list[str] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)  # pin violations already logged
+    bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    sessions: OrderedDict[str, ServerSession] = field(default_factory=OrderedDict)  # 2025-11-25 clients
+    changed_kinds: set[str] = field(default_factory=set)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    tg: TaskGroup | None = None
 
-    def publish(self) -> None:
-        """Rebuild the public catalogue; two backends offering the same public name is a configuration error."""
-        self.routes = catalogue(
-            self.connections.values(), "tool", lambda c: c.tools, lambda c, t: c.backend.public_name(t.name)
+    # --- the backends ------------------------------------------------------------------------
+
+    def start(self, backend: Backend) -> None:
+        connection = Connection(backend, self.rebuild)
+        scope = anyio.CancelScope()
+        self.connections[backend.name], self.scopes[backend.name] = connection, scope
+
+        async def run() -> None:
+            with scope:
+                await connection.supervise()
+
+        assert self.tg is not None
+        self.tg.start_soon(run)
+
+    def stop(self, name: str) -> None:
+        self.scopes.pop(name).cancel()
+        connection = self.connections.pop(name)
+        connection.state = "stopped"
+
+    def apply(self, config: ProxyConfig) -> None:
+        """Take a new configuration: only backends whose entry changed are restarted."""
+        old = {backend.name: backend for backend in self.config.backends}
+        new = {backend.name: backend for backend in config.backends}
+        for name in old:
+            if new.get(name) != old[name]:
+                self.stop(name)
+        self.config = config
+        for name, backend in new.items():
+            if old.get(name) != backend:
+                self.start(backend)
+        self.rebuild()
+        restarted = sorted(name for name in new if old.get(name) != new[name])
+        log.info("configuration reloaded", backends=sorted(new), restarted=restarted)
+
+    # --- the merged catalogue ----------------------------------------------------------------
+
+    def rebuild(self, _changed: Connection | None = None) -> None:
+        """Merge what every backend offers now; remember which lists changed, to tell clients once."""
+        catalogue: dict[str, dict[str, Item]] = {kind: {} for kind in KINDS}
+        quarantined: dict[str, str] = {}
+        conflicts: list[str] = []
+        for backend in self.config.backends:  # configuration order: deterministic lists, a stable winner
+            connection = self.connections.get(backend.name)
+            if connection is None:
+                continue
+            for kind in KINDS:
+                for original in connection.items[kind]:
+                    public_key, public = self.publish(backend, kind, original)
+                    if kind == "tools" and (why := self.pinned(backend, original)) is not None:
+                        quarantined[public_key] = why
+                        continue
+                    if public_key in catalogue[kind]:
+                        owner = catalogue[kind][public_key].owner.backend.name
+                        clash = f"{kind[:-1]} {public_key!r} is offered by both {owner!r} and {backend.name!r}"
+                        conflicts.append(clash)
+                        continue
+                    catalogue[kind][public_key] = Item(connection, original, public)
+        if conflicts != self.conflicts:
+            for conflict in set(conflicts) - set(self.conflicts):
+                log.error("name clash; the second backend's item is left out", clash=conflict)
+        self.conflicts, self.quarantined = conflicts, quarantined
+        for kind in KINDS:
+            if [i.public for i in catalogue[kind].values()] != [i.public for i in self.catalogue[kind].values()]:
+                self.changed_kinds.add("resources" if kind == "resourceTemplates" else kind)
+        self.catalogue = catalogue
+        self.templates = [
+            (template, item)
+            for item in catalogue["resourceTemplates"].values()
+            if (template := parse_template(item.original.get("uriTemplate"))) is not None
+        ]
+        if self.changed_kinds:
+            self.changed.set()
+
+    @staticmethod
+    def publish(backend: Backend, kind: str, original: Message) -> tuple[str, Message]:
+        """Tools and prompts get the backend's prefix; resource URIs stay as the backend wrote them."""
+        if kind in ("tools", "prompts"):
+            public_name = backend.public_name(str(original.get("name")))
+            return public_name, {**original, "name": public_name}
+        key = "uri" if kind == "resources" else "uriTemplate"
+        return str(original.get(key)), original
+
+    def pinned(self, backend: Backend, tool: Message) -> str | None:
+        """None when the tool may be offered; else why it is quarantined."""
+        if backend.pinning == "off":
+            return None
+        changed = self.pins.check(backend.name, tool)
+        if not changed:
+            return None
+        key = f"{backend.name}/{tool.get('name')}"
+        if key + repr(changed) not in self.reported:
+            self.reported.add(key + repr(changed))
+            pin_violations.add(1, {"server": backend.name})
+            log.warning(
+                "tool definition changed since it was pinned",
+                server=backend.name,
+                tool=tool.get("name"),
+                changed=changed,
+                action="quarantined" if backend.pinning == "block" else "allowed (pinning: warn)",
+                approve=f"05-mcp-proxy/server.py --approve {key}",
+            )
+        if backend.pinning == "warn":
+            return None
+        return (
+            f"the server {backend.name!r} changed this tool's {', '.join(changed)} since it was approved; "
+            f"it is quarantined until someone runs: 05-mcp-proxy/server.py --approve {key}"
         )
-        self.prompts = catalogue(
-            self.connections.values(), "prompt", lambda c: c.prompts, lambda c, p: c.backend.public_name(p.name)
-        )
-        # Resource URIs stay as the backend wrote them, so that a client can read exactly what it listed.
-        self.resources = catalogue(
-            self.connections.values(), "resource", lambda c: c.resources, lambda c, r: str(r.uri)
-        )
+
+    def input_schema(self, tool: str) -> Mapping[str, Any] | None:
+        item = self.catalogue["tools"].get(tool)
+        return item.public.get("inputSchema") if item is not None else None
+
+    def visible(self, kind: str, servers: frozenset[str] | None) -> list[Message]:
+        return [
+            item.public
+            for item in self.catalogue[kind].values()
+            if servers is None or item.owner.backend.name in servers
+        ]
+
+    # --- telling clients -------------------------------------------------------------------
+
+    def remember(self, ctx: ServerRequestContext[Proxy]) -> None:
+        """Keep 2025-11-25 sessions: the SDK has no broadcast to them, so we tell each about list changes."""
+        if ctx.session.protocol_version >= "2026":
+            return  # 2026-07-28 clients hear it through subscriptions/listen
+        request = ctx.request if isinstance(ctx.request, Request) else None
+        key = request.headers.get("mcp-session-id", "") if request is not None else "stdio"
+        self.sessions[key] = ctx.session
+        self.sessions.move_to_end(key)
+        while len(self.sessions) > 1000:
+            self.sessions.popitem(last=False)
+
+    async def announce(self) -> None:
+        """Send one `list_changed` per changed list, and only when what clients see really changed."""
+        while True:
+            await self.changed.wait()
+            await anyio.sleep(0.05)  # several backends changing at once: one notification
+            self.changed = anyio.Event()
+            kinds, self.changed_kinds = self.changed_kinds, set()
+            for kind in sorted(kinds):
+                list_changed_sent.add(1, {"kind": kind})
+                await self.bus.publish(CHANGED[kind]())
+                for key, session in list(self.sessions.items()):
+                    try:
+                        await {"tools": session.send_tool_list_changed, "prompts": session.send_prompt_list_changed,
+                               "resources": session.send_resource_list_changed}[kind]()  # fmt: skip
+                    except Exception:  # a session that is gone is just forgotten
+                        self.sessions.pop(key, None)
+
+    async def watch_files(self, path: Path) -> None:
+        """Hot reload: a changed config file is applied; an invalid one leaves the last good one serving."""
+        seen = mtime(path)
+        while True:
+            await anyio.sleep(RELOAD_POLL)
+            if self.pins.changed_on_disk():  # someone approved a tool
+                self.reported.clear()
+                self.rebuild()
+            if (now := mtime(path)) == seen:
+                continue
+            seen = now
+            try:
+                config = load_config(path)
+            except ConfigError as exc:
+                log.error("configuration not reloaded; the last good one keeps serving", error=str(exc))
+                continue
+            self.apply(config)
 
 
-T = TypeVar("T")
-
-
-def catalogue(
-    connections: Iterable[Connection],
-    kind: str,
-    items: Callable[[Connection], list[T]],
-    public: Callable[[Connection, T], str],
-) -> dict[str, tuple[Connection, T]]:
-    """Public name -> (owner, item) for every live backend; a name two backends share is refused."""
-    found: dict[str, tuple[Connection, T]] = {}
-    for connection in connections:
-        for item in items(connection):
-            name = public(connection, item)
-            if name in found:
-                owner = found[name][0].backend.name
-                raise ConfigError(f"{kind} {name!r} is offered by both {owner!r} and {connection.backend.name!r}")
-            found[name] = (connection, item)
-    return found
-
-
-proxy = Proxy()
-
-
-def target(backend: Backend, stack: AsyncExitStack) -> Any:
-    """What the SDK's Client connects to: a subprocess over stdio, or a URL over streamable HTTP."""
-    if backend.command:
-        # The stdio client passes on only a few variables of ours; the backend gets exactly its own env.
-        return StdioServerParameters(command=backend.command, args=list(backend.args), env=backend.env or None)
-    http = httpx2.AsyncClient(headers=backend.headers, timeout=HTTP_TIMEOUT)
-    stack.push_async_callback(http.aclose)
-    assert backend.url is not None
-    return streamable_http_client(backend.url, http_client=http)
-
-
-async def connect(connection: Connection, stack: AsyncExitStack) -> None:
-    backend = connection.backend
+def mtime(path: Path) -> float | None:
     try:
-        client = await stack.enter_async_context(Client(target(backend, stack)))
-        listed = (await client.list_tools()).tools
-    except Exception as exc:  # a dead backend must not stop the others; /readyz says why
-        cause = innermost(exc)
-        connection.state, connection.error = "failed", f"{type(cause).__name__}: {cause}"[:300]
-        log.warning("backend failed to start", backend=backend.name, error=connection.error)
-        return
-    connection.client, connection.state = client, "up"
-    connection.tools = [tool for tool in listed if backend.offers(tool.name)]
-    capabilities = client.server_capabilities
-    if capabilities is not None and capabilities.prompts is not None:
-        connection.prompts = (await client.list_prompts()).prompts
-    if capabilities is not None and capabilities.resources is not None:
-        connection.resources = (await client.list_resources()).resources
-    log.info("backend up", backend=backend.name, tools=len(connection.tools))
+        return path.stat().st_mtime
+    except OSError:
+        return None
 
 
-def innermost(exc: BaseException) -> BaseException:
-    """The first real error inside the exception groups the SDK's task groups wrap it in."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
+def parse_template(value: Any) -> UriTemplate | None:
+    try:
+        return UriTemplate.parse(value) if isinstance(value, str) else None
+    except InvalidUriTemplate:
+        return None
 
 
-def make_server(config: ProxyConfig) -> Server[Proxy]:
+# --- metrics: what an operator graphs and alerts on ----------------------------------------------
+
+meter = metrics.get_meter(INSTRUMENTATION_NAME)
+calls = meter.create_counter("mcp.proxy.calls", description="Calls forwarded to a backend, by server, tool, outcome")
+pin_violations = meter.create_counter("mcp.proxy.pin_violations", description="Tool definitions that changed")
+list_changed_sent = meter.create_counter("mcp.proxy.list_changed_sent", description="list_changed sent to clients")
+
+
+def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None) -> Server[Proxy]:
+    proxy = Proxy(config, pins)
+    observe_backends(proxy)
+
     @asynccontextmanager
     async def lifespan(_server: Server[Proxy]) -> AsyncIterator[Proxy]:
-        # Backends are connected before anything else runs in here: the SDK's clients must be entered,
-        # and later left, in the same task.
-        async with AsyncExitStack() as stack:
-            proxy.connections = {backend.name: Connection(backend) for backend in config.backends}
-            for connection in proxy.connections.values():
-                await connect(connection, stack)
-            proxy.publish()
+        async with anyio.create_task_group() as tg:
+            proxy.tg = tg
+            for backend in config.backends:
+                proxy.start(backend)
+            with anyio.move_on_after(START_PATIENCE):  # serve once every backend has had its first try
+                for connection in list(proxy.connections.values()):
+                    await connection.settled.wait()
+            proxy.rebuild()
+            if proxy.conflicts:
+                raise ConfigError("; ".join(proxy.conflicts))
+            proxy.changed_kinds.clear()
+            tg.start_soon(proxy.announce)
+            if config_path is not None:
+                tg.start_soon(proxy.watch_files, config_path)
+            serving.append(proxy)
             yield proxy
+            tg.cancel_scope.cancel()
 
-    async def list_tools(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> ListToolsResult:
-        return ListToolsResult(
-            tools=[
-                tool.model_copy(update={"name": public}) for public, (_, tool) in ctx.lifespan_context.routes.items()
-            ]
-        )
+    def servers(ctx: ServerRequestContext[Proxy]) -> frozenset[str] | None:
+        """Which backends the caller's token opens (None: all of them)."""
+        request = ctx.request if isinstance(ctx.request, Request) else None
+        return request.scope.get("state", {}).get(SCOPE_KEY) if request is not None else None
 
-    async def call_tool(ctx: ServerRequestContext[Proxy], params: CallToolRequestParams) -> CallToolResult:
-        route = ctx.lifespan_context.routes.get(params.name)
-        if route is None:
+    def find(ctx: ServerRequestContext[Proxy], kind: str, name: str) -> Item | None:
+        item = ctx.lifespan_context.catalogue[kind].get(name)
+        allowed = servers(ctx)
+        return item if item is not None and (allowed is None or item.owner.backend.name in allowed) else None
+
+    async def list_tools(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
+        ctx.lifespan_context.remember(ctx)
+        return {"tools": ctx.lifespan_context.visible("tools", servers(ctx)), "resultType": "complete"}
+
+    async def call_tool(ctx: ServerRequestContext[Proxy], params: CallToolRequestParams) -> Reply:
+        proxy = ctx.lifespan_context
+        proxy.remember(ctx)
+        item = find(ctx, "tools", params.name)
+        if item is None:
+            if params.name in proxy.quarantined:
+                raise MCPError(code=INVALID_PARAMS, message=f"Tool {params.name} is quarantined: " +
+                               proxy.quarantined[params.name])  # fmt: skip
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-        connection, tool = route
-        if connection.client is None:
-            return failure(f"the server {connection.backend.name!r} behind this tool is not available")
+        backend, tool = item.owner.backend, str(item.original["name"])
+        annotations = item.original.get("annotations") or {}
+        # Sending a call twice is harmless only if the tool says it reads, or that repeating it changes nothing.
+        safe = bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
+        started, outcome = time.perf_counter(), "ok"
         try:
-            result = await connection.client.call_tool(tool.name, params.arguments or {})
-        except Exception as exc:  # a backend's trouble is reported to the caller, never raised through
-            log.warning(
-                "backend call failed", backend=connection.backend.name, tool=tool.name, error=type(exc).__name__
-            )
-            return failure(f"the server {connection.backend.name!r} failed: {type(exc).__name__}")
-        return result.model_copy(update={"meta": None})  # the backend's own serverInfo stamp stays behind
+            result = await forward(
+                ctx, item.owner, "tools/call", {"name": tool, "arguments": params.arguments or {}},
+                safe=safe, timeouts=Timeouts(backend.idle_timeout(tool), backend.max_duration),
+            )  # fmt: skip
+            outcome = "tool_error" if result.get("isError") else "ok"
+            return result
+        except Unavailable as exc:
+            outcome = "unavailable"
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+        except MCPError as exc:
+            outcome = str(exc.error.code)
+            raise
+        finally:
+            calls.add(1, {"server": backend.name, "tool": tool, "outcome": outcome})
+            # Arguments and results stay out of the log: they can hold personal data.
+            log.info("forwarded", server=backend.name, tool=tool, outcome=outcome,
+                     ms=round((time.perf_counter() - started) * 1000, 2),
+                     arguments=sorted((params.arguments or {}).keys()))  # fmt: skip
 
-    async def list_prompts(
-        ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None
-    ) -> ListPromptsResult:
-        prompts = ctx.lifespan_context.prompts
-        return ListPromptsResult(prompts=[p.model_copy(update={"name": public}) for public, (_, p) in prompts.items()])
+    async def list_prompts(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
+        ctx.lifespan_context.remember(ctx)
+        return {"prompts": ctx.lifespan_context.visible("prompts", servers(ctx)), "resultType": "complete"}
 
-    async def get_prompt(ctx: ServerRequestContext[Proxy], params: GetPromptRequestParams) -> GetPromptResult:
-        route = ctx.lifespan_context.prompts.get(params.name)
-        if route is None or route[0].client is None:
+    async def get_prompt(ctx: ServerRequestContext[Proxy], params: GetPromptRequestParams) -> Reply:
+        item = find(ctx, "prompts", params.name)
+        if item is None:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
-        connection, prompt = route
-        assert connection.client is not None
-        result = await connection.client.get_prompt(prompt.name, params.arguments)
-        return result.model_copy(update={"meta": None})
+        arguments = {"name": item.original["name"], **({"arguments": params.arguments} if params.arguments else {})}
+        return await forward_or_fail(ctx, item, "prompts/get", arguments)
 
-    async def list_resources(
-        ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None
-    ) -> ListResourcesResult:
-        return ListResourcesResult(resources=[resource for _, resource in ctx.lifespan_context.resources.values()])
+    async def list_resources(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
+        ctx.lifespan_context.remember(ctx)
+        return {"resources": ctx.lifespan_context.visible("resources", servers(ctx)), "resultType": "complete"}
 
-    async def read_resource(ctx: ServerRequestContext[Proxy], params: ReadResourceRequestParams) -> ReadResourceResult:
-        route = ctx.lifespan_context.resources.get(str(params.uri))
-        if route is None or route[0].client is None:
-            raise MCPError(
-                code=INVALID_PARAMS, message=f"Unknown resource: {params.uri}", data={"uri": str(params.uri)}
-            )
-        result = await route[0].client.read_resource(str(params.uri))
-        return result.model_copy(update={"meta": None})
+    async def list_resource_templates(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
+        templates = ctx.lifespan_context.visible("resourceTemplates", servers(ctx))
+        return {"resourceTemplates": templates, "resultType": "complete"}
+
+    async def read_resource(ctx: ServerRequestContext[Proxy], params: ReadResourceRequestParams) -> Reply:
+        uri = str(params.uri)
+        item = find(ctx, "resources", uri)
+        if item is None:  # not listed: maybe a backend's template describes it
+            allowed = servers(ctx)
+            item = next(
+                (i for t, i in ctx.lifespan_context.templates
+                 if (allowed is None or i.owner.backend.name in allowed) and t.match(uri) is not None),
+                None,
+            )  # fmt: skip
+        if item is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
+        return await forward_or_fail(ctx, item, "resources/read", {"uri": uri})
+
+    async def forward_or_fail(ctx: ServerRequestContext[Proxy], item: Item, method: str, params: Message) -> Message:
+        """Reads are safe to send again; a backend that cannot answer is a clear protocol error."""
+        backend = item.owner.backend
+        try:
+            return await forward(ctx, item.owner, method, params, safe=True,
+                                 timeouts=Timeouts(backend.timeout, backend.max_duration))  # fmt: skip
+        except Unavailable as exc:
+            raise MCPError(code=-32603, message=str(exc)) from None
 
     return Server(
         "mcp-proxy",
+        instructions="Tools, prompts and resources of several MCP servers; names start with the server's prefix.",
         lifespan=lifespan,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_prompts=list_prompts,
         on_get_prompt=get_prompt,
         on_list_resources=list_resources,
+        on_list_resource_templates=list_resource_templates,
         on_read_resource=read_resource,
+        on_subscriptions_listen=ListenHandler(proxy.bus),
+        # Lists depend on the caller's token and change whenever a backend's do: never shared, fresh every time.
+        cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in CACHEABLE_METHODS},  # type: ignore[misc]
+        # The SDK checks `Mcp-Param-*` headers against the tool's schema; give it ours, not a tools/list per call.
+        get_tool_input_schema=proxy.input_schema,
     )
+
+
+serving: list[Proxy] = []  # the running proxy, for /readyz
+
+
+async def forward(
+    ctx: ServerRequestContext[Proxy],
+    connection: Connection,
+    method: str,
+    params: Message,
+    *,
+    safe: bool,
+    timeouts: Timeouts,
+) -> Message:
+    """Send one request to its backend as a plain dict, with what belongs to this call, and clean up the answer."""
+    meta = dict((ctx.params or {}).get("_meta") or {})
+    meta = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/") and k != "progressToken"}
+    propagate.inject(meta)  # traceparent: the backend's span joins the caller's trace
+    wants_progress = "progressToken" in ((ctx.params or {}).get("_meta") or {})
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        await ctx.session.report_progress(value, total, message)  # sent with the caller's own token
+
+    async def relay(asked: str, asked_params: Mapping[str, Any] | None) -> Message:
+        return await ask_client(ctx, asked, asked_params)
+
+    try:
+        result = await connection.request(
+            method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
+            progress=progress if wants_progress else None, relay=relay,
+        )  # fmt: skip
+    except BackendError as exc:
+        raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
+    result.setdefault("resultType", "complete")  # 2026-07-28 requires it; backends are spoken to in 2025-11-25
+    meta_out = result.get("_meta")
+    if isinstance(meta_out, dict) and SERVER_INFO_KEY in meta_out:  # the answer is ours now: the SDK stamps it
+        result["_meta"] = {k: v for k, v in meta_out.items() if k != SERVER_INFO_KEY} or None
+    return result
+
+
+async def ask_client(ctx: ServerRequestContext[Proxy], method: str, params: Mapping[str, Any] | None) -> Message:
+    """A backend asks the user something (elicitation) or wants a completion (sampling): ask the caller."""
+    kinds: dict[str, tuple[type[Any], type[Any]]] = {
+        "elicitation/create": (ElicitRequest, ElicitResult),
+        "sampling/createMessage": (CreateMessageRequest, CreateMessageResult),
+    }
+    if method not in kinds:
+        raise BackendError(-32601, f"Method not found: {method}")
+    if not ctx.session.can_send_request:
+        raise BackendError(-32601, f"{method}: the client connected without a channel for questions "
+                                   "(2026-07-28 without input_required support); connect with 2025-11-25")  # fmt: skip
+    request_type, result_type = kinds[method]
+    request = request_type.model_validate({"method": method, "params": dict(params or {})})
+    try:
+        answer = await ctx.session.send_request(
+            request, result_type, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+        )
+    except MCPError as exc:
+        raise BackendError(exc.error.code, exc.error.message) from None
+    dumped: Message = answer.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return dumped
+
+
+def observe_backends(proxy: Proxy) -> None:
+    """Gauges read when /metrics is scraped: whether each backend is up, and how often it was restarted."""
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    def up(_options: CallbackOptions) -> list[Observation]:
+        return [Observation(int(c.state == "up"), {"server": n}) for n, c in proxy.connections.items()]
+
+    def restarts(_options: CallbackOptions) -> list[Observation]:
+        return [Observation(c.restarts, {"server": n}) for n, c in proxy.connections.items()]
+
+    meter.create_observable_gauge("mcp.proxy.backend_up", [up], description="1 while the backend is up")
+    meter.create_observable_counter("mcp.proxy.backend_restarts", [restarts], description="Backend restarts")
 
 
 class FrontDoor:
     """ASGI middleware: with `authTokens` configured, /mcp answers only callers presenting one of them.
 
     Compared in constant time, so the answer's timing says nothing about how
-    much of a guess was right. The tokens open the proxy only: they are never
-    passed on to a backend.
+    much of a guess was right. A token may open only some backends; which,
+    is left in the request scope for the handlers. The tokens open the proxy
+    only: they are never passed on to a backend.
     """
 
-    def __init__(self, app: ASGIApp, tokens: Sequence[str]) -> None:
-        self.app, self.tokens = app, [token.encode() for token in tokens]
+    def __init__(self, app: ASGIApp, proxy_config: Callable[[], ProxyConfig]) -> None:
+        self.app, self.proxy_config = app, proxy_config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/mcp"):
+        tokens = self.proxy_config().auth_tokens
+        if scope["type"] == "http" and scope["path"].startswith("/mcp") and tokens:
             offered = bearer_token(Headers(scope=scope).get("authorization"))
             presented = offered.reveal().encode() if offered else b""
-            if not any(hmac.compare_digest(presented, token) for token in self.tokens):
+            opened: frozenset[str] | bool | None = False
+            for token, servers in tokens:  # every token is compared, so timing does not tell which matched
+                if hmac.compare_digest(presented, token.encode()):
+                    opened = servers
+            if opened is False:
                 refusal = JSONResponse({"error": "invalid_token"}, 401, headers={"WWW-Authenticate": "Bearer"})
                 await refusal(scope, receive, send)
                 return
+            scope.setdefault("state", {})[SCOPE_KEY] = opened
         await self.app(scope, receive, send)
 
 
-def failure(message: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
-
-
 async def readyz(_request: Request) -> JSONResponse:
-    """Each backend's state, last error and tool count; 503 until every backend is up."""
-    backends = {
-        name: {"state": c.state, "error": c.error, "tools": len(c.tools)} for name, c in proxy.connections.items()
-    }
-    ready = bool(backends) and all(b["state"] == "up" for b in backends.values())
-    return JSONResponse({"ready": ready, "backends": backends}, status_code=200 if ready else 503)
+    """Each backend's state, last error and tool count; 503 while a required backend is not up."""
+    if not serving:
+        return JSONResponse({"ready": False, "backends": {}}, status_code=503)
+    proxy = serving[-1]
+    backends = {name: c.health() for name, c in proxy.connections.items()}
+    required = [c for c in proxy.connections.values() if c.backend.required]
+    ready = bool(backends) and all(c.state == "up" for c in required) and not proxy.conflicts
+    body = {"ready": ready, "backends": backends, "quarantined": sorted(proxy.quarantined), "clashes": proxy.conflicts}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def pins_path(config_path: Path, proxy_config: ProxyConfig) -> Path:
+    """Next to the configuration file unless `pinsFile` says otherwise."""
+    if proxy_config.pins_file:
+        return config_path.parent / proxy_config.pins_file
+    return config_path.with_name(config_path.stem + ".pins.json")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -274,17 +563,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--config", default=os.environ.get("PROXY_CONFIG", str(DEFAULT_CONFIG)), type=Path,
                         help=f"the backends to aggregate (default: {DEFAULT_CONFIG}; env PROXY_CONFIG)")  # fmt: skip
     parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    parser.add_argument("--approve", metavar="SERVER/TOOL", help="accept a tool whose definition changed, and exit")
     config, args = parse_config(argv, default_port=DEFAULT_PORT, parser=parser)
     try:
         proxy_config = load_config(args.config)
     except ConfigError as exc:
         parser.error(str(exc))
+    pins = Pins(pins_path(args.config, proxy_config))
     if args.check:
         print(f"{args.config}: {len(proxy_config.backends)} backends, configuration is valid", file=sys.stderr)
         return
+    if args.approve:
+        if not pins.approve(args.approve):
+            parser.error(f"no pin named {args.approve!r} in {pins.path}")
+        print(f"{args.approve}: approved; the running proxy offers its new definition within a second", file=sys.stderr)
+        return
     configure_logging(config.log_level, config.log_format)
-    front_door = [Middleware(FrontDoor, tokens=proxy_config.auth_tokens)] if proxy_config.auth_tokens else []
-    serve(make_server(proxy_config), config, routes=[Route("/readyz", readyz)], middleware=front_door)
+    for backend in proxy_config.backends:
+        if backend.forward_authorization:
+            log.warning(
+                "TOKEN PASSTHROUGH: this backend receives each caller's Authorization header. The MCP spec "
+                "forbids it unless the backend is the token's audience; see 05-mcp-proxy/README.md",
+                backend=backend.name,
+            )
+    # Spans are made and passed on to backends either way; printing one per call is opt-in here.
+    telemetry = setup_telemetry("mcp-workshop-05", env={"OTEL_TRACES_EXPORTER": "none", **os.environ})
+    server = make_server(proxy_config, pins, args.config)
+    server.middleware.append(TelemetryMiddleware())
+    current = lambda: serving[-1].config if serving else proxy_config  # noqa: E731 - reload changes the tokens
+    routes = [Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
+    try:
+        serve(server, config, routes=routes, middleware=[Middleware(FrontDoor, proxy_config=current)])
+    finally:
+        telemetry.shutdown()
 
 
 if __name__ == "__main__":

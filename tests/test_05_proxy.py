@@ -111,7 +111,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
                 "basic": {"command": sys.executable, "args": [str(REPO / "01-basic-mcp" / "server.py")],
                           "options": {"toolFilter": {"mode": "block", "list": ["countdown"]}}},
                 "traced": {"url": http_backend.url, "prefix": "t_"},
-                "gone": {"url": f"http://127.0.0.1:{free_port()}/mcp"},
+                "gone": {"url": f"http://127.0.0.1:{free_port()}/mcp", "required": True},
             }
         }  # fmt: skip
         path = tmp_path_factory.mktemp("proxy") / "config.json"

@@ -1,0 +1,498 @@
+"""Lean JSON-RPC links from the proxy to one backend: a stdio subprocess, or a streamable-HTTP server.
+
+Why not the SDK's `Client`? It is the right tool for an application, but a
+proxy only relays: parsing every message into full models on the way in and
+dumping it again on the way out cost more than the backend's own work (the
+benchmark in bench/proxy_overhead.py measured it). A link keeps messages as
+plain dicts, checks only what it needs to route them, and leaves validating
+to the two ends that own the data.
+
+Toward backends a link speaks the 2025-11-25 handshake, which every MCP server
+understands and which gives the backend a channel to push progress,
+`list_changed` and questions for the user (elicitation, sampling) back to us.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import structlog
+from anyio.abc import ByteReceiveStream, Process, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+log = structlog.get_logger("mcp-proxy.links")
+
+PROTOCOL_VERSION = "2025-11-25"
+CLIENT_INFO = {"name": "mcp-workshop-proxy", "version": "1.0.0"}
+# What the proxy can do for a backend: pass its questions on to the client that made the call.
+CLIENT_CAPABILITIES = {"elicitation": {"form": {}}, "sampling": {}, "roots": {"listChanged": False}}
+MAX_LINE = 16 * 1024 * 1024  # one JSON-RPC message over stdio
+STDERR_TAIL = 2000  # characters of a dead backend's last words kept for /readyz
+
+Message = dict[str, Any]
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+Relay = Callable[[str, Mapping[str, Any] | None], Awaitable[Message]]
+NotificationHandler = Callable[[str, Mapping[str, Any] | None], Awaitable[None]]
+
+
+class BackendError(Exception):
+    """The backend answered with a JSON-RPC error: passed on to the caller as it came."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+class LinkDown(Exception):
+    """The link broke (the process exited, the connection was lost) before the answer came.
+
+    `sent` says whether the request may have reached the backend: a call that
+    was never sent can always be tried again, one that was sent only when it
+    is safe to repeat.
+    """
+
+    def __init__(self, reason: str, *, sent: bool = True) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
+class Timeout(Exception):
+    """No answer and no progress within the idle timeout, or no answer within the hard cap."""
+
+
+@dataclass
+class Call:
+    """One request in flight toward the backend."""
+
+    id: int
+    progress: Progress | None = None
+    relay: Relay | None = None
+    answered: anyio.Event = field(default_factory=anyio.Event)
+    response: Message | None = None
+    clock: anyio.CancelScope | None = None  # its deadline is the idle timeout, pushed on by progress
+    idle: float = math.inf
+    give_up: float = math.inf
+
+    def settle(self, response: Message) -> None:
+        self.response = response
+        self.answered.set()
+
+    def touch(self, idle: float | None = None) -> None:
+        """The backend is still working on it: start the idle clock again (`math.inf` stops it)."""
+        if self.clock is not None:
+            self.clock.deadline = min(anyio.current_time() + (self.idle if idle is None else idle), self.give_up)
+
+    async def on_progress(self, params: Mapping[str, Any]) -> None:
+        self.touch()
+        if self.progress is not None:
+            progress = params.get("progress")
+            if isinstance(progress, int | float):
+                total, message = params.get("total"), params.get("message")
+                await self.progress(
+                    float(progress),
+                    float(total) if isinstance(total, int | float) else None,
+                    message if isinstance(message, str) else None,
+                )
+
+
+@dataclass
+class Timeouts:
+    """`idle`: how long a call may go without an answer or a progress report; `total`: the hard cap."""
+
+    idle: float = 60.0
+    total: float = 600.0
+
+
+class Link:
+    """What both kinds of link share: request ids, calls in flight, and what the backend sends unasked."""
+
+    def __init__(self, name: str, on_notification: NotificationHandler) -> None:
+        self.name = name
+        self.on_notification = on_notification
+        self.ids = itertools.count(1)
+        self.calls: dict[int, Call] = {}
+        self.closed = anyio.Event()
+        self.reason = ""
+        self.server_info: Message = {}
+        self.capabilities: Message = {}
+        self.pid: int | None = None
+
+    def close(self, reason: str) -> None:
+        """Mark the link broken and fail every call still waiting on it."""
+        if self.closed.is_set():
+            return
+        self.reason = reason
+        self.closed.set()
+        for call in list(self.calls.values()):
+            call.answered.set()  # `response` stays None: the caller raises LinkDown
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        progress: Progress | None = None,
+        relay: Relay | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> Message:
+        """Send one request and wait for its result; the backend's error is raised as `BackendError`."""
+        if self.closed.is_set():
+            raise LinkDown(self.reason, sent=False)
+        call = Call(next(self.ids), progress, relay)
+        body: Message = dict(params or {})
+        meta = dict(body.get("_meta") or {})
+        meta.pop("progressToken", None)  # the client's token means nothing to the backend ...
+        if progress is not None:
+            meta["progressToken"] = call.id  # ... ours is mapped back to the client's by `Call.progress`
+        if meta:
+            body["_meta"] = meta
+        else:
+            body.pop("_meta", None)
+        self.calls[call.id] = call
+        timeouts = timeouts or Timeouts()
+        call.idle, call.give_up = timeouts.idle, anyio.current_time() + timeouts.total
+        try:
+            with anyio.CancelScope() as call.clock:
+                call.touch()
+                await self.deliver({"jsonrpc": "2.0", "id": call.id, "method": method, "params": body}, call)
+                await call.answered.wait()
+            if call.clock.cancelled_caught and not call.answered.is_set():
+                limit = "total" if anyio.current_time() >= call.give_up else "idle"
+                raise Timeout(f"no answer within the {limit} timeout of {getattr(timeouts, limit):g} s")
+        except (Timeout, anyio.get_cancelled_exc_class()):
+            if not call.answered.is_set() and not self.closed.is_set():
+                # Cancelled by our caller or timed out: tell the backend to stop working on it.
+                with anyio.CancelScope(shield=True), suppress(Exception), anyio.move_on_after(2):
+                    await self.notify("notifications/cancelled", {"requestId": call.id, "reason": "cancelled"})
+            raise
+        finally:
+            self.calls.pop(call.id, None)
+        response = call.response
+        if response is None:
+            raise LinkDown(self.reason or "the backend went away")
+        if "error" in response:
+            error = response["error"] if isinstance(response["error"], dict) else {}
+            raise BackendError(int(error.get("code", -32603)), str(error.get("message", "error")), error.get("data"))
+        result = response.get("result")
+        return result if isinstance(result, dict) else {}
+
+    async def deliver(self, message: Message, call: Call) -> None:
+        raise NotImplementedError
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        raise NotImplementedError
+
+    async def handle(self, message: Message, call: Call | None = None) -> Message | None:
+        """Route one message the backend sent; returns the answer when it asked us something."""
+        method = message.get("method")
+        if not isinstance(method, str):  # a response to one of our requests
+            owner = self.calls.get(message.get("id"))  # type: ignore[arg-type]
+            if owner is not None:
+                owner.settle(message)
+            return None
+        params = message.get("params") if isinstance(message.get("params"), dict) else None
+        if "id" not in message:
+            if method == "notifications/progress" and params is not None:
+                owner = self.calls.get(params.get("progressToken"))
+                if owner is not None:
+                    await owner.on_progress(params)
+            else:
+                await self.on_notification(method, params)
+            return None
+        return {"jsonrpc": "2.0", "id": message["id"], **await self.answer(method, params, call)}
+
+    async def answer(self, method: str, params: Mapping[str, Any] | None, call: Call | None) -> Message:
+        """The backend asks something: the proxy answers what it can, and relays questions for the user."""
+        if method == "ping":
+            return {"result": {}}
+        if method == "roots/list":
+            return {"result": {"roots": []}}
+        if call is None and len(self.calls) == 1:
+            # Over stdio a question carries no mark of the call it belongs to; with one call in flight it is that one.
+            call = next(iter(self.calls.values()))
+        if call is None or call.relay is None:
+            return {"error": {"code": -32601, "message": f"{method}: no client to ask (several calls in flight)"}}
+        call.touch(idle=math.inf)  # a human may take a while to answer: that is not idleness
+        try:
+            return {"result": await call.relay(method, params)}
+        except BackendError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+        finally:
+            call.touch()
+
+    async def initialize(self) -> None:
+        """The 2025-11-25 handshake: our capabilities out, the backend's info and capabilities back."""
+        params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": CLIENT_CAPABILITIES, "clientInfo": CLIENT_INFO}
+        result = await self.request("initialize", params, timeouts=Timeouts(idle=30, total=30))
+        self.server_info = result.get("serverInfo") or {}
+        self.capabilities = result.get("capabilities") or {}
+        await self.notify("notifications/initialized")
+
+
+class StdioLink(Link):
+    """A backend run as a subprocess: newline-delimited JSON-RPC on its stdin and stdout."""
+
+    def __init__(self, name: str, process: Process, on_notification: NotificationHandler) -> None:
+        super().__init__(name, on_notification)
+        self.process = process
+        self.pid = process.pid
+        self.write_lock = anyio.Lock()
+        self.stderr_tail = ""
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        name: str,
+        command: str,
+        args: tuple[str, ...],
+        env: Mapping[str, str],
+        cwd: str | None,
+        on_notification: NotificationHandler,
+    ) -> AsyncIterator[StdioLink]:
+        # The backend gets a small base environment plus its own `env`: never the proxy's secrets.
+        base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR") if key in os.environ}
+        process = await anyio.open_process([command, *args], env={**base, **env}, cwd=cwd and Path(cwd))
+        link = cls(name, process, on_notification)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(link.read_messages, tg)
+                tg.start_soon(link.read_stderr)
+                await link.initialize()
+                yield link
+                tg.cancel_scope.cancel()
+        finally:
+            link.close(link.reason or "stopped")
+            await link.stop()
+
+    async def stop(self) -> None:
+        """Close stdin, then ask, then insist: a backend gets 3 s to exit on its own."""
+        with anyio.CancelScope(shield=True):
+            with suppress(Exception):
+                assert self.process.stdin is not None
+                await self.process.stdin.aclose()
+            with anyio.move_on_after(3):
+                await self.process.wait()
+                return
+            with suppress(ProcessLookupError):
+                self.process.terminate()
+            with anyio.move_on_after(2):
+                await self.process.wait()
+                return
+            with suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+
+    async def deliver(self, message: Message, call: Call) -> None:
+        await self.send(message, sent=False)
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        await self.send({"jsonrpc": "2.0", "method": method, **({"params": dict(params)} if params else {})})
+
+    async def send(self, message: Message, *, sent: bool = True) -> None:
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        try:
+            async with self.write_lock:
+                assert self.process.stdin is not None
+                await self.process.stdin.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self.close(self.exit_reason(exc))
+            raise LinkDown(self.reason, sent=sent) from None
+
+    async def read_messages(self, tg: TaskGroup) -> None:
+        assert self.process.stdout is not None
+        stream = BufferedByteReceiveStream(self.process.stdout)
+        try:
+            while True:
+                line = await stream.receive_until(b"\n", MAX_LINE)
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.warning("backend wrote a line that is not JSON-RPC", backend=self.name, bytes=len(line))
+                    continue
+                if isinstance(message, dict):
+                    if "method" in message and "id" in message:
+                        tg.start_soon(self.answer_request, message)  # may wait on a human: never block the reader
+                    else:
+                        await self.handle(message)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+        except anyio.DelimiterNotFound:
+            log.warning("backend wrote a line over the size limit", backend=self.name, limit=MAX_LINE)
+        with anyio.move_on_after(1):
+            await self.process.wait()
+        self.close(self.exit_reason())
+
+    async def answer_request(self, message: Message) -> None:
+        answer = await self.handle(message)
+        if answer is not None:
+            with suppress(LinkDown):
+                await self.send(answer)
+
+    async def read_stderr(self) -> None:
+        """Keep the tail of what the backend writes to stderr, for /readyz and the log."""
+        stderr: ByteReceiveStream | None = self.process.stderr
+        if stderr is None:
+            return
+        with suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            async for chunk in stderr:
+                self.stderr_tail = (self.stderr_tail + chunk.decode(errors="replace"))[-STDERR_TAIL:]
+
+    def exit_reason(self, exc: BaseException | None = None) -> str:
+        code = self.process.returncode
+        if code is None:
+            return f"the backend's pipe broke ({type(exc).__name__})" if exc else "the backend closed its stdout"
+        said = self.stderr_tail.strip().splitlines()[-1:] if self.stderr_tail.strip() else []
+        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        return f"the backend process {how}" + (f": {said[0][:200]}" if said else "")
+
+
+class HttpLink(Link):
+    """A backend at a streamable-HTTP URL: one POST per message, answers as JSON or an SSE stream.
+
+    A backend that restarts forgets our session and answers 404; the link then
+    starts a new session and tells the caller whether its request was sent.
+    """
+
+    def __init__(self, name: str, url: str, http: httpx2.AsyncClient, on_notification: NotificationHandler) -> None:
+        super().__init__(name, on_notification)
+        self.url = url
+        self.http = http
+        self.session_id: str | None = None
+        self.session_lock = anyio.Lock()
+        self.generation = 0  # which session: a 404 renews it once, not once per call that saw it
+        self.tg: TaskGroup | None = None
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, name: str, url: str, headers: Mapping[str, str], on_notification: NotificationHandler
+    ) -> AsyncIterator[HttpLink]:
+        timeout = httpx2.Timeout(30, read=None)  # a call's time is bounded by `Timeouts`, not by the socket
+        limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
+        async with (
+            httpx2.AsyncClient(headers=dict(headers), timeout=timeout, limits=limits) as http,
+            anyio.create_task_group() as tg,
+        ):
+            link = cls(name, url, http, on_notification)
+            link.tg = tg
+            try:
+                await link.start_session()
+                yield link
+            finally:
+                link.close(link.reason or "stopped")
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True), suppress(Exception), anyio.move_on_after(2):
+                    if link.session_id:
+                        await http.delete(url, headers={"mcp-session-id": link.session_id})
+
+    async def start_session(self) -> None:
+        self.session_id = None
+        self.generation += 1
+        await self.initialize()
+        if self.tg is not None and self.session_id is not None:
+            self.tg.start_soon(self.listen, self.generation)
+
+    def headers(self, session_id: str | None) -> dict[str, str]:
+        headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+        if session_id:
+            headers["mcp-session-id"] = session_id
+            headers["mcp-protocol-version"] = PROTOCOL_VERSION
+        return headers
+
+    async def deliver(self, message: Message, call: Call) -> None:
+        generation, session_id = self.generation, self.session_id
+        try:
+            async with self.http.stream("POST", self.url, json=message, headers=self.headers(session_id)) as response:
+                if response.status_code == 404 and session_id is not None:
+                    await self.renew(generation)
+                    raise LinkDown("the backend lost our session (it restarted?)", sent=False)
+                if message.get("method") == "initialize" and "mcp-session-id" in response.headers:
+                    self.session_id = response.headers["mcp-session-id"]
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise BackendError(-32603, f"HTTP {response.status_code} from the backend: {response.text[:200]}")
+                await self.read_response(response, call)
+        except httpx2.TransportError as exc:
+            self.close(f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
+            raise LinkDown(self.reason, sent=not isinstance(exc, httpx2.ConnectError)) from None
+        if not call.answered.is_set():
+            call.settle({"error": {"code": -32603, "message": "the backend's answer stream ended without an answer"}})
+
+    async def renew(self, generation: int) -> None:
+        """Start a new session, once per lost session however many calls noticed it."""
+        async with self.session_lock:
+            if generation == self.generation:
+                log.info("backend lost our session; starting a new one", backend=self.name)
+                await self.start_session()
+
+    async def read_response(self, response: httpx2.Response, call: Call | None) -> None:
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            async for message in sse_messages(response):
+                await self.dispatch(message, call)
+        elif response.status_code != 202:
+            await response.aread()
+            if response.content:
+                await self.dispatch(json.loads(response.content), call)
+
+    async def dispatch(self, message: Any, call: Call | None) -> None:
+        if not isinstance(message, dict):
+            return
+        answer = await self.handle(message, call)
+        if answer is not None:
+            await self.post(answer)
+
+    async def post(self, message: Message) -> None:
+        try:
+            response = await self.http.post(self.url, json=message, headers=self.headers(self.session_id))
+        except httpx2.TransportError as exc:
+            raise LinkDown(f"{type(exc).__name__}: {exc}") from None
+        if response.status_code == 404 and message.get("method") is not None:
+            await self.renew(self.generation)
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        await self.post({"jsonrpc": "2.0", "method": method, **({"params": dict(params)} if params else {})})
+
+    async def listen(self, generation: int) -> None:
+        """The session's GET stream: where the backend sends `list_changed` and other news unasked."""
+        delay = 0.5
+        while not self.closed.is_set() and generation == self.generation:
+            try:
+                async with self.http.stream("GET", self.url, headers=self.headers(self.session_id)) as response:
+                    if response.status_code in (404, 405):
+                        return  # no stream offered (or the session is gone, which the next call notices)
+                    delay = 0.5
+                    await self.read_response(response, None)
+            except httpx2.TransportError:
+                pass
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+async def sse_messages(response: httpx2.Response) -> AsyncIterator[Any]:
+    """The JSON payloads of an SSE stream's `message` events (comments and pings skipped)."""
+    data: list[str] = []
+    event = "message"
+    async for line in response.aiter_lines():
+        if not line:
+            if data and event == "message":
+                with suppress(ValueError):
+                    yield json.loads("\n".join(data))
+            data, event = [], "message"
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+    if data and event == "message":
+        with suppress(ValueError):
+            yield json.loads("\n".join(data))

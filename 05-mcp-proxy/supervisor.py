@@ -1,0 +1,230 @@
+"""Keep one backend connected: start it, list what it offers, restart it when it dies, say honestly how it is.
+
+One `Connection` per backend runs `supervise()` for as long as the backend is
+configured. The rules, each from a complaint users of other proxies keep filing:
+
+- A backend that dies is restarted with exponential backoff. One that keeps
+  dying right after it starts (a crash loop) is given up on after
+  `restart.max` tries, and /readyz says so.
+- A backend that never came up is retried forever, with the same backoff.
+- A quick restart keeps the backend's tools listed (calls wait for it); a
+  backend that stays down has its tools withdrawn, and they come back with it.
+- A call is sent again only when that cannot do harm: it never reached the
+  backend, or it reads and does not change anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from links import BackendError, HttpLink, Link, LinkDown, Message, Progress, Relay, StdioLink, Timeout, Timeouts
+from proxy_config import Backend
+
+log = structlog.get_logger("mcp-proxy.supervisor")
+
+# What a backend may offer: the list method, and the capability that says it offers it.
+LISTS = {
+    "tools": ("tools/list", "tools"),
+    "prompts": ("prompts/list", "prompts"),
+    "resources": ("resources/list", "resources"),
+    "resourceTemplates": ("resources/templates/list", "resources"),
+}
+MAX_PAGES = 100  # a backend whose cursors never end is cut off here
+DEBOUNCE = 0.25  # seconds: a burst of list_changed from one backend is one re-listing
+STABLE_AFTER = 30.0  # seconds up after which a crash no longer counts toward the crash loop
+MAX_BACKOFF = 30.0
+
+
+class Unavailable(Exception):
+    """The backend cannot take the call now; the message says why in words for the caller."""
+
+
+@dataclass
+class Connection:
+    """One backend as the proxy sees it now, and the loop that keeps it alive."""
+
+    backend: Backend
+    on_change: Callable[[Connection], None]  # what it offers changed (or it came or went)
+    state: str = "starting"  # starting | up | restarting | failed | crashed | stopped
+    error: str | None = None
+    link: Link | None = None
+    items: dict[str, list[Message]] = field(default_factory=lambda: {kind: [] for kind in LISTS})
+    restarts: int = 0
+    last_ok_at: float | None = None  # wall-clock time of the last answer from the backend
+    ready: anyio.Event = field(default_factory=anyio.Event)  # set while the backend is up
+    settled: anyio.Event = field(default_factory=anyio.Event)  # set once the first start succeeded or failed
+    tg: TaskGroup | None = None
+    relisting: bool = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.link.pid if self.link is not None else None
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "error": self.error,
+            "tools": len(self.items["tools"]),
+            "restarts": self.restarts,
+            "pid": self.pid,
+            "last_ok_at": self.last_ok_at,
+        }
+
+    def open_link(self) -> AbstractAsyncContextManager[Link]:
+        backend = self.backend
+        if backend.command:
+            return StdioLink.open(backend.name, backend.command, backend.args, backend.env, backend.cwd, self.notified)
+        assert backend.url is not None
+        return HttpLink.open(backend.name, backend.url, backend.headers, self.notified)
+
+    async def supervise(self) -> None:
+        """Run until cancelled: connect, serve, and on failure wait and connect again."""
+        failures = 0
+        ever_up = False
+        while True:
+            started = anyio.current_time()
+            try:
+                async with self.open_link() as link, anyio.create_task_group() as tg:
+                    await self.relist(link)
+                    self.link, self.tg, self.state, self.error = link, tg, "up", None
+                    self.last_ok_at = time.time()
+                    ever_up = True
+                    self.ready.set()
+                    self.settled.set()
+                    self.on_change(self)
+                    log.info("backend up", backend=self.backend.name, pid=link.pid, tools=len(self.items["tools"]))
+                    await link.closed.wait()
+                    self.error = link.reason
+                    tg.cancel_scope.cancel()
+            except Exception as exc:  # whatever went wrong is this backend's state, not the proxy's
+                self.error = describe(exc)
+            self.link, self.tg, self.ready = None, None, anyio.Event()
+            self.settled.set()
+            was_up = self.state == "up"
+            if anyio.current_time() - started > STABLE_AFTER:
+                failures = 0
+            failures += 1
+            if was_up:
+                self.restarts += 1
+            restart = self.backend.restart
+            if ever_up and (not restart.enabled or failures > restart.max):
+                self.state = "crashed"
+                self.withdraw()
+                log.error(
+                    "backend keeps crashing; not restarting it again" if restart.enabled else "backend stopped",
+                    backend=self.backend.name,
+                    error=self.error,
+                    restarts=self.restarts,
+                )
+                return
+            if not was_up:
+                self.withdraw()  # it did not come back at the first try: its tools go until it does
+            self.state = "restarting" if ever_up else "failed"
+            delay = min(restart.delay * 2 ** (failures - 1), MAX_BACKOFF)
+            log.warning("backend down", backend=self.backend.name, error=self.error, retry_in=round(delay, 2))
+            await anyio.sleep(delay)
+
+    def withdraw(self) -> None:
+        if any(self.items.values()):
+            self.items = {kind: [] for kind in LISTS}
+            self.on_change(self)
+
+    async def relist(self, link: Link) -> None:
+        """Ask the backend for everything it offers, every page of it."""
+        capabilities = link.capabilities
+        items: dict[str, list[Message]] = {kind: [] for kind in LISTS}
+        for kind, (method, capability) in LISTS.items():
+            if capability in capabilities:
+                items[kind] = await list_all(link, method, kind)
+        items["tools"] = [tool for tool in items["tools"] if self.backend.offers(str(tool.get("name")))]
+        self.items = items
+
+    async def notified(self, method: str, params: Mapping[str, Any] | None) -> None:
+        """What the backend tells us unasked."""
+        if method.endswith("/list_changed") and self.tg is not None and not self.relisting:
+            self.relisting = True
+            self.tg.start_soon(self.relist_soon)
+        elif method == "notifications/message" and params is not None:
+            log.info("backend log", backend=self.backend.name, level=params.get("level"), logger=params.get("logger"))
+
+    async def relist_soon(self) -> None:
+        await anyio.sleep(DEBOUNCE)
+        self.relisting = False
+        if self.link is not None:
+            try:
+                await self.relist(self.link)
+            except (BackendError, LinkDown, Timeout) as exc:
+                log.warning("backend could not be listed again", backend=self.backend.name, error=describe(exc))
+                return
+            self.on_change(self)
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        *,
+        safe: bool,
+        timeouts: Timeouts,
+        progress: Progress | None = None,
+        relay: Relay | None = None,
+    ) -> Message:
+        """Forward one request; on a broken link, send it once more only when that cannot do harm."""
+        for attempt in (1, 2):
+            link = await self.wait_ready()
+            try:
+                result = await link.request(method, params, progress=progress, relay=relay, timeouts=timeouts)
+            except LinkDown as exc:
+                if attempt == 2 or (exc.sent and not safe):
+                    consequence = (
+                        "it may have done part of the work, so the proxy did not send it again"
+                        if exc.sent
+                        else "the call never reached it"
+                    )
+                    raise Unavailable(
+                        f"the server {self.backend.name!r} went away during the call ({exc}); {consequence}"
+                    ) from None
+                log.info("backend went away; sending the call again", backend=self.backend.name, method=method)
+                continue
+            except Timeout as exc:
+                raise Unavailable(f"the server {self.backend.name!r} did not answer: {exc}") from None
+            self.last_ok_at = time.time()
+            return result
+        raise AssertionError("unreachable")
+
+    async def wait_ready(self, patience: float = 10.0) -> Link:
+        """The live link; while a restart is under way, wait for it a little."""
+        if self.link is None and self.state in ("starting", "restarting"):
+            with anyio.move_on_after(patience):
+                await self.ready.wait()
+        if self.link is None:
+            raise Unavailable(f"the server {self.backend.name!r} is not available: {self.error or self.state}")
+        return self.link
+
+
+async def list_all(link: Link, method: str, key: str) -> list[Message]:
+    found: list[Message] = []
+    cursor: str | None = None
+    for _ in range(MAX_PAGES):
+        page = await link.request(method, {"cursor": cursor} if cursor else None, timeouts=Timeouts(30, 60))
+        found.extend(item for item in page.get(key) or [] if isinstance(item, dict))
+        cursor = page.get("nextCursor")
+        if not isinstance(cursor, str):
+            break
+    return found
+
+
+def describe(exc: BaseException) -> str:
+    """One line about what went wrong, from inside the exception groups task groups wrap errors in."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError | BackendError) or type(exc).__module__.startswith("httpx"):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:300]
