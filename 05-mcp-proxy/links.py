@@ -77,6 +77,7 @@ class Call:
     id: int
     progress: Progress | None = None
     relay: Relay | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
     answered: anyio.Event = field(default_factory=anyio.Event)
     response: Message | None = None
     clock: anyio.CancelScope | None = None  # its deadline is the idle timeout, pushed on by progress
@@ -144,16 +145,20 @@ class Link:
         progress: Progress | None = None,
         relay: Relay | None = None,
         timeouts: Timeouts | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
-        """Send one request and wait for its result; the backend's error is raised as `BackendError`."""
+        """Send one request and wait for its result; the backend's error is raised as `BackendError`.
+
+        `headers` go with this request only, and only over HTTP.
+        """
         if self.closed.is_set():
             raise LinkDown(self.reason, sent=False)
-        call = Call(next(self.ids), progress, relay)
+        call = Call(next(self.ids), progress, relay, headers=headers or {})
         body: Message = dict(params or {})
         meta = dict(body.get("_meta") or {})
-        meta.pop("progressToken", None)  # the client's token means nothing to the backend ...
-        if progress is not None:
-            meta["progressToken"] = call.id  # ... ours is mapped back to the client's by `Call.progress`
+        # The client's token means nothing to the backend: ours is asked for always, since progress also
+        # restarts the idle clock, and `Call.progress` passes it on with the client's token if it asked.
+        meta["progressToken"] = call.id
         if meta:
             body["_meta"] = meta
         else:
@@ -276,22 +281,20 @@ class StdioLink(Link):
             await link.stop()
 
     async def stop(self) -> None:
-        """Close stdin, then ask, then insist: a backend gets 3 s to exit on its own."""
+        """Close stdin, then ask, then insist: a backend gets 3 s to exit on its own, 2 more after SIGTERM."""
         with anyio.CancelScope(shield=True):
             with suppress(Exception):
                 assert self.process.stdin is not None
                 await self.process.stdin.aclose()
-            with anyio.move_on_after(3):
-                await self.process.wait()
-                return
-            with suppress(ProcessLookupError):
-                self.process.terminate()
-            with anyio.move_on_after(2):
-                await self.process.wait()
-                return
-            with suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
+            for signal_next, patience in ((self.process.terminate, 3.0), (self.process.kill, 2.0)):
+                with anyio.move_on_after(patience):
+                    await self.process.wait()
+                if self.process.returncode is not None:
+                    break
+                with suppress(ProcessLookupError):
+                    signal_next()
+            with suppress(Exception):
+                await self.process.aclose()  # waits, and closes the pipes: no file descriptor is left behind
 
     async def deliver(self, message: Message, call: Call) -> None:
         await self.send(message, sent=False)
@@ -352,9 +355,10 @@ class StdioLink(Link):
         code = self.process.returncode
         if code is None:
             return f"the backend's pipe broke ({type(exc).__name__})" if exc else "the backend closed its stdout"
-        said = self.stderr_tail.strip().splitlines()[-1:] if self.stderr_tail.strip() else []
-        how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        return f"the backend process {how}" + (f": {said[0][:200]}" if said else "")
+        if code < 0:
+            return f"the backend process killed by signal {-code}"
+        said = self.stderr_tail.strip().splitlines()[-1:]  # its last words: often the error that ended it
+        return f"the backend process exited with status {code}" + (f": {said[0][:200]}" if said else "")
 
 
 class HttpLink(Link):
@@ -412,8 +416,9 @@ class HttpLink(Link):
 
     async def deliver(self, message: Message, call: Call) -> None:
         generation, session_id = self.generation, self.session_id
+        headers = {**call.headers, **self.headers(session_id)}
         try:
-            async with self.http.stream("POST", self.url, json=message, headers=self.headers(session_id)) as response:
+            async with self.http.stream("POST", self.url, json=message, headers=headers) as response:
                 if response.status_code == 404 and session_id is not None:
                     await self.renew(generation)
                     raise LinkDown("the backend lost our session (it restarted?)", sent=False)

@@ -363,7 +363,8 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
             return result
         except Unavailable as exc:
             outcome = "unavailable"
-            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+            # A tool error, not a protocol error: the model reads it and can decide to try again.
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True, "resultType": "complete"}
         except MCPError as exc:
             outcome = str(exc.error.code)
             raise
@@ -459,10 +460,16 @@ async def forward(
     async def relay(asked: str, asked_params: Mapping[str, Any] | None) -> Message:
         return await ask_client(ctx, asked, asked_params)
 
+    headers = {}
+    request = ctx.request if isinstance(ctx.request, Request) else None
+    if connection.backend.forward_authorization and request is not None and "authorization" in request.headers:
+        # TOKEN PASSTHROUGH, on for this backend in the config. The MCP spec forbids it unless the backend
+        # is the token's audience: the README says when that holds. Off by default, for every backend.
+        headers["authorization"] = request.headers["authorization"]
     try:
         result = await connection.request(
             method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
-            progress=progress if wants_progress else None, relay=relay,
+            progress=progress if wants_progress else None, relay=relay, headers=headers,
         )  # fmt: skip
     except BackendError as exc:
         raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None

@@ -174,12 +174,15 @@ class Connection:
         timeouts: Timeouts,
         progress: Progress | None = None,
         relay: Relay | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Forward one request; on a broken link, send it once more only when that cannot do harm."""
         for attempt in (1, 2):
             link = await self.wait_ready()
             try:
-                result = await link.request(method, params, progress=progress, relay=relay, timeouts=timeouts)
+                result = await link.request(
+                    method, params, progress=progress, relay=relay, timeouts=timeouts, headers=headers
+                )
             except LinkDown as exc:
                 if attempt == 2 or (exc.sent and not safe):
                     consequence = (

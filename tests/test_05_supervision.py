@@ -1,0 +1,380 @@
+"""05-mcp-proxy under change and trouble: live lists, pinning, forwarding per call, restarts, reloads, load.
+
+The backend here is `tests/proxy_backend.py`, a real MCP server that can
+change under the proxy on request; one test also uses the official
+`@modelcontextprotocol/server-everything` from npm.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import ElicitResult, ToolListChangedNotification
+
+from tests.harness import (
+    HTTP_TIMEOUT,
+    NODE_BIN,
+    REPO,
+    ServerProcess,
+    free_port,
+    http_client,
+    remember_secret,
+    run_server,
+)
+
+FOLDER = "05-mcp-proxy"
+BACKEND = str(REPO / "tests" / "proxy_backend.py")
+
+pytestmark = pytest.mark.anyio
+
+
+def stdio_backend(**options: Any) -> dict[str, Any]:
+    return {"command": sys.executable, "args": [BACKEND], "env": {"PYTHONUNBUFFERED": "1"}, **options}
+
+
+def http_backend(port: int | None = None) -> ServerProcess:
+    addr = ["--addr", f"127.0.0.1:{port}"] if port else []
+    return ServerProcess("tests", *addr, script="proxy_backend.py")
+
+
+def write_config(path: Path, servers: dict[str, Any], **options: Any) -> Path:
+    path.write_text(json.dumps({"mcpProxy": {"options": options}, "mcpServers": servers}))
+    return path
+
+
+@contextmanager
+def proxy_for(
+    tmp_path: Path, servers: dict[str, Any], env: dict[str, str] | None = None, **options: Any
+) -> Iterator[ServerProcess]:
+    config = write_config(tmp_path / "proxy.json", servers, **options)
+    with ServerProcess(FOLDER, "--config", str(config), env=env) as proxy:
+        yield proxy
+
+
+async def eventually(check: Callable[[], Any], within: float = 10) -> Any:
+    """Ask until the answer is truthy; the proxy changes things in the background, so polling it is the point."""
+    with anyio.fail_after(within):
+        while True:
+            answer = check()
+            if inspect.isawaitable(answer):
+                answer = await answer
+            if answer:
+                return answer
+            await anyio.sleep(0.1)
+
+
+async def tool_names(client: Client) -> list[str]:
+    return [tool.name for tool in (await client.list_tools()).tools]
+
+
+def text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+# --- the live catalogue ----------------------------------------------------------------------
+
+
+async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all(tmp_path: Path) -> None:
+    with proxy_for(tmp_path, {"b": stdio_backend()}) as proxy:
+        events: list[object] = []
+        legacy_events: list[object] = []
+
+        async def on_message(message: object) -> None:
+            if isinstance(message, ToolListChangedNotification):
+                legacy_events.append(message)
+
+        async with (
+            http_client(proxy.url) as client,
+            httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
+            Client(
+                streamable_http_client(proxy.url, http_client=http), mode="legacy", message_handler=on_message
+            ) as legacy,
+            client.listen(tools_list_changed=True) as subscription,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def collect() -> None:
+                async for event in subscription:
+                    events.append(event)
+
+            tg.start_soon(collect)
+            await legacy.list_tools()  # the proxy now knows this 2025-11-25 session
+            await client.call_tool("b__poke", {})  # "the list changed", but it did not
+            await anyio.sleep(1.0)
+            assert (events, legacy_events) == ([], [])
+            await client.call_tool("b__add_tool", {"name": "extra"})
+            await eventually(lambda: events and legacy_events)
+            await anyio.sleep(0.7)
+            assert (len(events), len(legacy_events)) == (1, 1)
+            assert "b__extra" in await tool_names(client)
+            assert text(await client.call_tool("b__extra", {"text": "new"})) == "new"
+            tg.cancel_scope.cancel()
+
+
+async def test_a_changed_tool_definition_is_quarantined_until_approved(tmp_path: Path) -> None:
+    with proxy_for(tmp_path, {"b": stdio_backend()}) as proxy:
+        async with http_client(proxy.url) as client:
+            assert "b__echo" in await tool_names(client)
+            await client.call_tool("b__rug_pull", {})
+            await eventually(lambda: _without(client, "b__echo"))
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("b__echo", {"text": "hi"})
+            assert raised.value.error.code == -32602
+            assert "quarantined" in raised.value.error.message and "--approve b/echo" in raised.value.error.message
+            metrics = httpx2.get(proxy.base_url + "/metrics").text
+            assert re.search(r'mcp_proxy_pin_violations_total\{[^}]*server="b"[^}]*\} 1\.0', metrics)
+            assert any(e.get("event") == "tool definition changed since it was pinned" for e in proxy.events())
+            approved = run_server(FOLDER, "--approve", "b/echo", "--config", str(tmp_path / "proxy.json"))
+            assert approved.returncode == 0, approved.stderr
+            await eventually(lambda: _with(client, "b__echo"))
+            assert text(await client.call_tool("b__echo", {"text": "back"})) == "back"
+
+
+async def _with(client: Client, name: str) -> bool:
+    return name in await tool_names(client)
+
+
+async def _without(client: Client, name: str) -> bool:
+    return name not in await tool_names(client)
+
+
+# --- forwarding what belongs to one call ----------------------------------------------------------
+
+
+async def test_progress_cancellation_and_questions_reach_the_client_that_called(tmp_path: Path) -> None:
+    with http_backend() as over_http, proxy_for(tmp_path, {"s": stdio_backend(), "h": {"url": over_http.url}}) as proxy:
+        async with http_client(proxy.url) as client:
+            for server in ("s", "h"):
+                seen: list[tuple[float, float | None, str | None]] = []
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    seen.append((progress, total, message))  # noqa: B023 - awaited before the loop moves on
+
+                result = await client.call_tool(
+                    f"{server}__slow", {"steps": 3, "delay": 0.05}, progress_callback=on_progress
+                )
+                assert text(result) == "done"
+                assert seen == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+
+            with anyio.move_on_after(0.6):
+                await client.call_tool("s__slow", {"steps": 50, "delay": 0.1})
+            cancelled = await eventually(lambda: _structured(client, "s__was_cancelled"))
+            assert len(cancelled) == 1
+
+        async def answer(_context: object, params: Any) -> ElicitResult:
+            assert params.message == "favourite colour?"
+            return ElicitResult(action="accept", content={"colour": "blue"})
+
+        async with (
+            httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
+            Client(
+                streamable_http_client(proxy.url, http_client=http), mode="legacy", elicitation_callback=answer
+            ) as legacy,
+        ):
+            for server in ("s", "h"):
+                assert (
+                    text(await legacy.call_tool(f"{server}__ask", {"question": "favourite colour?"})) == "accept: blue"
+                )
+
+
+async def _structured(client: Client, tool: str) -> Any:
+    return (await client.call_tool(tool, {})).structured_content["result"]  # type: ignore[index]
+
+
+async def test_the_idle_timeout_is_reset_by_progress(tmp_path: Path) -> None:
+    with proxy_for(tmp_path, {"b": stdio_backend(toolTimeouts={"slow": "1s"})}) as proxy:
+        async with http_client(proxy.url) as client:
+            assert text(await client.call_tool("b__slow", {"steps": 4, "delay": 0.5})) == "done"  # 2 s, never idle
+            silent = await client.call_tool("b__slow", {"steps": 1, "delay": 3})
+    assert silent.is_error and "no answer within the idle timeout of 1 s" in text(silent)
+
+
+# --- trouble ---------------------------------------------------------------------------------------
+
+
+async def test_a_killed_stdio_backend_fails_its_call_and_comes_back(tmp_path: Path) -> None:
+    with proxy_for(tmp_path, {"b": stdio_backend(), "other": stdio_backend()}) as proxy:
+        async with http_client(proxy.url) as client:
+            first = (await client.call_tool("b__whoami", {})).structured_content["pid"]  # type: ignore[index]
+            other = (await client.call_tool("other__whoami", {})).structured_content["pid"]  # type: ignore[index]
+            results: list[Any] = []
+
+            async def slow_call() -> None:
+                results.append(await client.call_tool("b__slow", {"steps": 50, "delay": 0.1}))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow_call)
+                await anyio.sleep(0.5)
+                os.kill(first, signal.SIGKILL)
+            assert results[0].is_error
+            assert "went away during the call (the backend process killed by signal 9)" in text(results[0])
+            assert "did not send it again" in text(results[0])
+            again = (await client.call_tool("b__whoami", {})).structured_content["pid"]  # type: ignore[index]
+            assert again != first
+            assert (await client.call_tool("other__whoami", {})).structured_content["pid"] == other  # type: ignore[index]
+        ready = httpx2.get(proxy.base_url + "/readyz").json()["backends"]
+        assert (ready["b"]["state"], ready["b"]["restarts"], ready["other"]["restarts"]) == ("up", 1, 0)
+        metrics = httpx2.get(proxy.base_url + "/metrics").text
+        assert re.search(r'mcp_proxy_backend_restarts_total\{[^}]*server="b"[^}]*\} 1\.0', metrics)
+
+
+async def test_an_http_backend_that_restarted_gets_a_new_session_and_no_call_twice(tmp_path: Path) -> None:
+    port = free_port()
+    with http_backend(port) as backend, proxy_for(tmp_path, {"h": {"url": backend.url}}) as proxy:
+        async with http_client(proxy.url) as client:
+            assert (await client.call_tool("h__increment", {})).structured_content == {"result": 1}
+            backend.stop()
+            with http_backend(port):
+                # The new process has never seen the proxy's session: 404, a new session, the call sent once.
+                assert (await client.call_tool("h__increment", {})).structured_content == {"result": 1}
+                assert (await client.call_tool("h__increment", {})).structured_content == {"result": 2}
+    assert any(e.get("event") == "backend lost our session; starting a new one" for e in proxy.events())
+
+
+async def test_a_backend_down_at_start_joins_when_it_comes_up(tmp_path: Path) -> None:
+    port = free_port()
+    servers = {"h": {"url": f"http://127.0.0.1:{port}/mcp", "restart": {"delay": "0.2s"}}, "b": stdio_backend()}
+    with proxy_for(tmp_path, servers) as proxy:
+        assert httpx2.get(proxy.base_url + "/readyz").json()["backends"]["h"]["state"] == "failed"
+        async with http_client(proxy.url) as client:
+            assert not any(name.startswith("h__") for name in await tool_names(client))
+            with http_backend(port):
+                await eventually(lambda: _with(client, "h__echo"), within=15)
+                assert text(await client.call_tool("h__echo", {"text": "up"})) == "up"
+
+
+async def test_a_changed_config_restarts_only_what_changed_and_a_broken_one_is_ignored(tmp_path: Path) -> None:
+    with proxy_for(tmp_path, {"a": stdio_backend()}) as proxy:
+        async with http_client(proxy.url) as client:
+            pid = (await client.call_tool("a__whoami", {})).structured_content["pid"]  # type: ignore[index]
+            write_config(tmp_path / "proxy.json", {"a": stdio_backend(), "c": stdio_backend()})
+            await eventually(lambda: _with(client, "c__echo"))
+            assert (await client.call_tool("a__whoami", {})).structured_content["pid"] == pid  # type: ignore[index]
+            (tmp_path / "proxy.json").write_text('{"mcpServers": {"a": {"command": 1}}')
+            refused = "configuration not reloaded; the last good one keeps serving"
+            await eventually(lambda: any(e.get("event") == refused for e in proxy.events()))
+            assert {"a__echo", "c__echo"} <= set(await tool_names(client))
+
+
+# --- security -------------------------------------------------------------------------------------
+
+
+async def test_tokens_open_only_their_backends_and_authorization_is_forwarded_only_when_configured(
+    tmp_path: Path,
+) -> None:
+    scoped, full = remember_secret("proxy-token-for-a-only"), remember_secret("proxy-token-for-everything")
+    with proxy_for(tmp_path, {"a": stdio_backend(), "b": stdio_backend()}, env={"T_A": scoped, "T_ALL": full},
+                   authTokens=[{"token": "${T_A}", "servers": ["a"]}, "${T_ALL}"]) as proxy:  # fmt: skip
+        async with http_client(proxy.url, headers={"authorization": f"Bearer {scoped}"}) as client:
+            assert {name.split("__")[0] for name in await tool_names(client)} == {"a"}
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("b__echo", {"text": "no"})
+            assert raised.value.error.message == "Unknown tool: b__echo"
+        async with http_client(proxy.url, headers={"authorization": f"Bearer {full}"}) as client:
+            assert {name.split("__")[0] for name in await tool_names(client)} == {"a", "b"}
+
+    caller_token = remember_secret("a-token-meant-for-the-backend")
+    with (
+        http_backend() as backend,
+        proxy_for(
+            tmp_path, {"kept": {"url": backend.url}, "passed": {"url": backend.url, "forwardAuthorization": True}}
+        ) as proxy,
+    ):
+        async with http_client(proxy.url, headers={"authorization": f"Bearer {caller_token}"}) as client:
+            kept = (await client.call_tool("kept__whoami", {})).structured_content
+            passed = (await client.call_tool("passed__whoami", {})).structured_content
+    assert kept is not None and kept["authorization"] is None
+    assert passed is not None and passed["authorization"] == f"Bearer {caller_token}"
+    assert any("TOKEN PASSTHROUGH" in str(e.get("event")) for e in proxy.events())
+
+
+# --- a foreign backend, and load --------------------------------------------------------------------
+
+
+async def test_the_official_everything_server_behind_the_proxy(tmp_path: Path) -> None:
+    node_dir = str(Path(sys.executable).parent)  # the Node 22 the dev extras install
+    everything = {"command": str(NODE_BIN / "mcp-server-everything"), "args": ["stdio"],
+                  "env": {"PATH": f"{node_dir}:/usr/bin:/bin"}, "prefix": "ev_"}  # fmt: skip
+    with proxy_for(tmp_path, {"everything": everything}) as proxy:
+        async with http_client(proxy.url) as client:
+            names = await tool_names(client)
+            assert {"ev_echo", "ev_get-sum", "ev_trigger-long-running-operation"} <= set(names)
+            assert text(await client.call_tool("ev_echo", {"message": "hi"})) == "Echo: hi"
+            seen: list[float] = []
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                seen.append(progress)
+
+            await client.call_tool(
+                "ev_trigger-long-running-operation", {"duration": 1, "steps": 3}, progress_callback=on_progress
+            )
+            assert seen == [1, 2, 3]
+            templates = (await client.list_resource_templates()).resource_templates
+            assert "demo://resource/dynamic/text/{resourceId}" in [t.uri_template for t in templates]
+            dynamic = await client.read_resource("demo://resource/dynamic/text/7")  # through a template
+            assert "7" in dynamic.contents[0].text  # type: ignore[union-attr]
+            prompts = [p.name for p in (await client.list_prompts()).prompts]
+            assert "ev_simple-prompt" in prompts
+
+
+async def test_two_hundred_clients_at_once_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
+    with proxy_for(tmp_path, {"b": stdio_backend()}) as proxy:
+        assert proxy.proc is not None
+        pid = proxy.proc.pid
+        async with http_client(proxy.url) as warm:
+            await warm.call_tool("b__echo", {"text": "warm"})
+        before_fds, before_children = open_files(pid), children(pid)
+        errors: list[str] = []
+        done = [0]
+
+        async def one_client(index: int, until: float) -> None:
+            try:
+                async with http_client(proxy.url) as client:
+                    while anyio.current_time() < until:
+                        message = f"{index}-{done[0]}"
+                        if text(await client.call_tool("b__echo", {"text": message})) != message:
+                            errors.append(f"wrong answer for {message}")
+                        done[0] += 1
+            except Exception as exc:
+                errors.append(repr(exc))
+
+        until = anyio.current_time() + 10
+        async with anyio.create_task_group() as tg:
+            for index in range(200):
+                tg.start_soon(one_client, index, until)
+        assert errors == []
+        assert done[0] >= 200
+        await anyio.sleep(1)
+        assert children(pid) == before_children == 1  # the one stdio backend, still the same
+        assert open_files(pid) <= before_fds + 5
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def children(pid: int) -> int:
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                count += 1
+    return count
