@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import anyio
 from mcp.server import MCPServer
+from mcp.server.elicitation import AcceptedElicitation
 from mcp.server.mcpserver import Context
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
@@ -38,7 +39,7 @@ def echo(text: str) -> str:
 mcp.add_tool(echo)
 
 
-@mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
+@mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
 def whoami(ctx: Context) -> dict[str, object]:
     """This process's id, and whether an Authorization header reached it."""
     headers = ctx.request_context.request.headers if ctx.request_context.request is not None else {}
@@ -103,7 +104,7 @@ class Answer(BaseModel):
 async def ask(question: str, ctx: Context) -> str:
     """Ask the user, through whoever called."""
     answer = await ctx.elicit(question, Answer)
-    return f"{answer.action}: {answer.data.colour if answer.data else ''}"
+    return f"accept: {answer.data.colour}" if isinstance(answer, AcceptedElicitation) else answer.action
 
 
 def main(argv: Sequence[str] | None = None) -> None:

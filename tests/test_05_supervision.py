@@ -22,8 +22,10 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client, MCPError
+from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import ElicitResult, ToolListChangedNotification
+from mcp.types import ElicitResult, ErrorData, ToolListChangedNotification
+from mcp_types import ElicitRequestParams
 
 from tests.harness import (
     HTTP_TIMEOUT,
@@ -175,7 +177,7 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
             cancelled = await eventually(lambda: _structured(client, "s__was_cancelled"))
             assert len(cancelled) == 1
 
-        async def answer(_context: object, params: Any) -> ElicitResult:
+        async def answer(_context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult | ErrorData:
             assert params.message == "favourite colour?"
             return ElicitResult(action="accept", content={"colour": "blue"})
 
@@ -192,7 +194,7 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
 
 
 async def _structured(client: Client, tool: str) -> Any:
-    return (await client.call_tool(tool, {})).structured_content["result"]  # type: ignore[index]
+    return (await client.call_tool(tool, {})).structured_content["result"]
 
 
 async def test_the_idle_timeout_is_reset_by_progress(tmp_path: Path) -> None:
@@ -209,8 +211,8 @@ async def test_the_idle_timeout_is_reset_by_progress(tmp_path: Path) -> None:
 async def test_a_killed_stdio_backend_fails_its_call_and_comes_back(tmp_path: Path) -> None:
     with proxy_for(tmp_path, {"b": stdio_backend(), "other": stdio_backend()}) as proxy:
         async with http_client(proxy.url) as client:
-            first = (await client.call_tool("b__whoami", {})).structured_content["pid"]  # type: ignore[index]
-            other = (await client.call_tool("other__whoami", {})).structured_content["pid"]  # type: ignore[index]
+            first = (await client.call_tool("b__whoami", {})).structured_content["pid"]
+            other = (await client.call_tool("other__whoami", {})).structured_content["pid"]
             results: list[Any] = []
 
             async def slow_call() -> None:
@@ -223,9 +225,9 @@ async def test_a_killed_stdio_backend_fails_its_call_and_comes_back(tmp_path: Pa
             assert results[0].is_error
             assert "went away during the call (the backend process killed by signal 9)" in text(results[0])
             assert "did not send it again" in text(results[0])
-            again = (await client.call_tool("b__whoami", {})).structured_content["pid"]  # type: ignore[index]
+            again = (await client.call_tool("b__whoami", {})).structured_content["pid"]
             assert again != first
-            assert (await client.call_tool("other__whoami", {})).structured_content["pid"] == other  # type: ignore[index]
+            assert (await client.call_tool("other__whoami", {})).structured_content["pid"] == other
         ready = httpx2.get(proxy.base_url + "/readyz").json()["backends"]
         assert (ready["b"]["state"], ready["b"]["restarts"], ready["other"]["restarts"]) == ("up", 1, 0)
         metrics = httpx2.get(proxy.base_url + "/metrics").text
@@ -260,10 +262,10 @@ async def test_a_backend_down_at_start_joins_when_it_comes_up(tmp_path: Path) ->
 async def test_a_changed_config_restarts_only_what_changed_and_a_broken_one_is_ignored(tmp_path: Path) -> None:
     with proxy_for(tmp_path, {"a": stdio_backend()}) as proxy:
         async with http_client(proxy.url) as client:
-            pid = (await client.call_tool("a__whoami", {})).structured_content["pid"]  # type: ignore[index]
+            pid = (await client.call_tool("a__whoami", {})).structured_content["pid"]
             write_config(tmp_path / "proxy.json", {"a": stdio_backend(), "c": stdio_backend()})
             await eventually(lambda: _with(client, "c__echo"))
-            assert (await client.call_tool("a__whoami", {})).structured_content["pid"] == pid  # type: ignore[index]
+            assert (await client.call_tool("a__whoami", {})).structured_content["pid"] == pid
             (tmp_path / "proxy.json").write_text('{"mcpServers": {"a": {"command": 1}}')
             refused = "configuration not reloaded; the last good one keeps serving"
             await eventually(lambda: any(e.get("event") == refused for e in proxy.events()))
