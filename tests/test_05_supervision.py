@@ -24,8 +24,8 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import ElicitResult, ErrorData, ToolListChangedNotification
-from mcp_types import ElicitRequestParams
+from mcp.types import ToolListChangedNotification
+from mcp_types import ElicitRequestParams, ElicitResult, ErrorData
 
 from tests.harness import (
     HTTP_TIMEOUT,
@@ -177,7 +177,7 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
             cancelled = await eventually(lambda: _structured(client, "s__was_cancelled"))
             assert len(cancelled) == 1
 
-        async def answer(_context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult | ErrorData:
+        async def answer(context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult | ErrorData:
             assert params.message == "favourite colour?"
             return ElicitResult(action="accept", content={"colour": "blue"})
 
