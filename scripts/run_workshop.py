@@ -64,7 +64,7 @@ STACK = [
         lambda offset: ["--issuer", f"http://127.0.0.1:{9000 + offset}"],
     ),
     Module("04-observability", 8084, "traces, metrics at /metrics, correlated logs"),
-    Module("05-mcp-proxy", 9090, "01 and 04 behind one endpoint (their tools as basic__*, observability__*)"),
+    Module("05-mcp-proxy", 9090, "01 to 04 behind one endpoint (basic__*, passthrough__*, oauth__*, ...)"),
 ]  # fmt: skip
 
 
