@@ -7,9 +7,15 @@ benchmark in bench/proxy_overhead.py measured it). A link keeps messages as
 plain dicts, checks only what it needs to route them, and leaves validating
 to the two ends that own the data.
 
-Toward backends a link speaks the 2025-11-25 handshake, which every MCP server
-understands and which gives the backend a channel to push progress,
+Toward backends a link speaks either era. Over stdio, and to any server that
+does not offer 2026-07-28, it is the 2025-11-25 handshake: every MCP server
+understands it, and its session gives the backend a channel to push progress,
 `list_changed` and questions for the user (elicitation, sampling) back to us.
+To an HTTP server that offers 2026-07-28 (found by asking `server/discover`)
+each request stands alone: no session to lose when the backend restarts,
+answers as plain JSON when there is nothing to stream, questions for the user
+as `input_required` results, and `list_changed` on a `subscriptions/listen`
+stream.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ import httpx2
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
+from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
+from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
 log = structlog.get_logger("mcp-proxy.links")
 
-PROTOCOL_VERSION = "2025-11-25"
+PROTOCOL_VERSION = "2025-11-25"  # the handshake era
+MODERN = "2026-07-28"  # the era of self-contained requests
+MAX_INPUT_ROUNDS = 10  # a backend that keeps asking for input is given up on after this many answers
 CLIENT_INFO = {"name": "mcp-workshop-proxy", "version": "1.0.0"}
 # What the proxy can do for a backend: pass its questions on to the client that made the call.
 CLIENT_CAPABILITIES = {"elicitation": {"form": {}}, "sampling": {}, "roots": {"listChanged": False}}
@@ -127,6 +137,20 @@ class Link:
         self.server_info: Message = {}
         self.capabilities: Message = {}
         self.pid: int | None = None
+        self.protocol_version = PROTOCOL_VERSION
+
+    @property
+    def modern(self) -> bool:
+        return self.protocol_version == MODERN
+
+    @property
+    def envelope(self) -> Message:
+        """What every 2026-07-28 request carries in `_meta`, in place of a handshake."""
+        return {
+            PROTOCOL_VERSION_META_KEY: MODERN,
+            CLIENT_CAPABILITIES_META_KEY: CLIENT_CAPABILITIES,
+            CLIENT_INFO_META_KEY: CLIENT_INFO,
+        }
 
     def close(self, reason: str) -> None:
         """Mark the link broken and fail every call still waiting on it."""
@@ -149,8 +173,51 @@ class Link:
     ) -> Message:
         """Send one request and wait for its result; the backend's error is raised as `BackendError`.
 
-        `headers` go with this request only, and only over HTTP.
+        `headers` go with this request only, and only over HTTP. A 2026-07-28
+        backend that needs input first answers `input_required`: with a
+        `relay`, the link asks the client and sends the request again with the
+        answers; without one, the result goes back as it is, for a 2026-07-28
+        caller to answer itself.
         """
+        body: Message = dict(params or {})
+        for _ in range(MAX_INPUT_ROUNDS):
+            result = await self.exchange(
+                method, body, progress=progress, relay=relay, timeouts=timeouts, headers=headers
+            )
+            if result.get("resultType") != "input_required" or relay is None:
+                return result
+            body = {key: value for key, value in body.items() if key not in ("inputResponses", "requestState")}
+            body.update(await self.fulfil(result, relay))
+        raise BackendError(-32603, f"the backend asked for input more than {MAX_INPUT_ROUNDS} times")
+
+    async def fulfil(self, result: Message, relay: Relay) -> Message:
+        """Answer the questions of an `input_required` result; what goes into the next try of the request."""
+        asked = result.get("inputRequests") if isinstance(result.get("inputRequests"), dict) else {}
+        answers: Message = {}
+        for key, question in (asked or {}).items():
+            question = question if isinstance(question, dict) else {}
+            if question.get("method") == "roots/list":
+                answers[key] = {"roots": []}
+            else:
+                answers[key] = await relay(str(question.get("method")), question.get("params"))
+        if not answers:
+            await anyio.sleep(0.05)  # only state came back: the backend is still working on it
+        retry: Message = {"inputResponses": answers} if answers else {}
+        if "requestState" in result:
+            retry["requestState"] = result["requestState"]  # opaque: passed back exactly as it came
+        return retry
+
+    async def exchange(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        progress: Progress | None = None,
+        relay: Relay | None = None,
+        timeouts: Timeouts | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Message:
+        """One request, one answer."""
         if self.closed.is_set():
             raise LinkDown(self.reason, sent=False)
         call = Call(next(self.ids), progress, relay, headers=headers or {})
@@ -159,6 +226,8 @@ class Link:
         # The client's token means nothing to the backend: ours is asked for always, since progress also
         # restarts the idle clock, and `Call.progress` passes it on with the client's token if it asked.
         meta["progressToken"] = call.id
+        if self.modern:
+            meta.update(self.envelope)
         if meta:
             body["_meta"] = meta
         else:
@@ -175,8 +244,9 @@ class Link:
                 limit = "total" if anyio.current_time() >= call.give_up else "idle"
                 raise Timeout(f"no answer within the {limit} timeout of {getattr(timeouts, limit):g} s")
         except (Timeout, anyio.get_cancelled_exc_class()):
-            if not call.answered.is_set() and not self.closed.is_set():
-                # Cancelled by our caller or timed out: tell the backend to stop working on it.
+            if not call.answered.is_set() and not self.closed.is_set() and not self.modern:
+                # Cancelled by our caller or timed out: tell the backend to stop working on it. (In 2026-07-28
+                # closing the request's stream says it, and that happened as the cancellation unwound.)
                 with anyio.CancelScope(shield=True), suppress(Exception), anyio.move_on_after(2):
                     await self.notify("notifications/cancelled", {"requestId": call.id, "reason": "cancelled"})
             raise
@@ -225,8 +295,11 @@ class Link:
         if call is None and len(self.calls) == 1:
             # Over stdio a question carries no mark of the call it belongs to; with one call in flight it is that one.
             call = next(iter(self.calls.values()))
-        if call is None or call.relay is None:
+        if call is None:
             return {"error": {"code": -32601, "message": f"{method}: no client to ask (several calls in flight)"}}
+        if call.relay is None:
+            why = "the caller connected with 2026-07-28, which carries no questions mid-call; use 2025-11-25"
+            return {"error": {"code": -32601, "message": f"{method}: {why}"}}
         call.touch(idle=math.inf)  # a human may take a while to answer: that is not idleness
         try:
             return {"result": await call.relay(method, params)}
@@ -364,8 +437,9 @@ class StdioLink(Link):
 class HttpLink(Link):
     """A backend at a streamable-HTTP URL: one POST per message, answers as JSON or an SSE stream.
 
-    A backend that restarts forgets our session and answers 404; the link then
-    starts a new session and tells the caller whether its request was sent.
+    In the 2025-11-25 era a backend that restarts forgets our session and
+    answers 404; the link then starts a new session and tells the caller
+    whether its request was sent. In 2026-07-28 there is no session to lose.
     """
 
     def __init__(self, name: str, url: str, http: httpx2.AsyncClient, on_notification: NotificationHandler) -> None:
@@ -380,7 +454,12 @@ class HttpLink(Link):
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, name: str, url: str, headers: Mapping[str, str], on_notification: NotificationHandler
+        cls,
+        name: str,
+        url: str,
+        headers: Mapping[str, str],
+        on_notification: NotificationHandler,
+        protocol: str = "auto",
     ) -> AsyncIterator[HttpLink]:
         timeout = httpx2.Timeout(30, read=None)  # a call's time is bounded by `Timeouts`, not by the socket
         limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
@@ -391,7 +470,8 @@ class HttpLink(Link):
             link = cls(name, url, http, on_notification)
             link.tg = tg
             try:
-                await link.start_session()
+                if protocol == PROTOCOL_VERSION or not await link.discover(required=protocol == MODERN):
+                    await link.start_session()
                 yield link
             finally:
                 link.close(link.reason or "stopped")
@@ -400,6 +480,26 @@ class HttpLink(Link):
                     if link.session_id:
                         await http.delete(url, headers={"mcp-session-id": link.session_id})
 
+    async def discover(self, *, required: bool) -> bool:
+        """Ask whether the backend speaks 2026-07-28; if it does, use it (no session, plain JSON answers)."""
+        self.protocol_version = MODERN
+        try:
+            result = await self.request("server/discover", timeouts=Timeouts(idle=30, total=30))
+        except BackendError:
+            if required:
+                raise
+            result = {}
+        if MODERN not in (result.get("supportedVersions") or []):
+            if required:
+                raise BackendError(-32022, f"the backend does not offer {MODERN}")
+            self.protocol_version = PROTOCOL_VERSION  # a 2025-era server: the handshake it is
+            return False
+        self.server_info = result.get("serverInfo") or {}
+        self.capabilities = result.get("capabilities") or {}
+        if self.tg is not None:
+            self.tg.start_soon(self.subscribe)
+        return True
+
     async def start_session(self) -> None:
         self.session_id = None
         self.generation += 1
@@ -407,16 +507,24 @@ class HttpLink(Link):
         if self.tg is not None and self.session_id is not None:
             self.tg.start_soon(self.listen, self.generation)
 
-    def headers(self, session_id: str | None) -> dict[str, str]:
+    def headers(self, message: Message, session_id: str | None) -> dict[str, str]:
         headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-        if session_id:
+        if self.modern:  # the routing headers a 2026-07-28 server checks against the body
+            method = message.get("method")
+            headers["mcp-protocol-version"] = MODERN
+            if isinstance(method, str):
+                headers["mcp-method"] = method
+                name = (message.get("params") or {}).get(NAME_BEARING_METHODS.get(method, ""))
+                if isinstance(name, str):
+                    headers["mcp-name"] = encode_header_value(name)
+        elif session_id:
             headers["mcp-session-id"] = session_id
             headers["mcp-protocol-version"] = PROTOCOL_VERSION
         return headers
 
     async def deliver(self, message: Message, call: Call) -> None:
         generation, session_id = self.generation, self.session_id
-        headers = {**call.headers, **self.headers(session_id)}
+        headers = {**call.headers, **self.headers(message, session_id)}
         try:
             async with self.http.stream("POST", self.url, json=message, headers=headers) as response:
                 if response.status_code == 404 and session_id is not None:
@@ -424,9 +532,11 @@ class HttpLink(Link):
                     raise LinkDown("the backend lost our session (it restarted?)", sent=False)
                 if message.get("method") == "initialize" and "mcp-session-id" in response.headers:
                     self.session_id = response.headers["mcp-session-id"]
-                if response.status_code >= 400:
+                json_rpc = response.headers.get("content-type", "").startswith(("application/json", "text/event"))
+                if response.status_code >= 400 and not (self.modern and json_rpc):
                     await response.aread()
                     raise BackendError(-32603, f"HTTP {response.status_code} from the backend: {response.text[:200]}")
+                # (2026-07-28 gives a JSON-RPC error an HTTP status too; its body is the answer to pass on.)
                 await self.read_response(response, call)
         except httpx2.TransportError as exc:
             self.close(f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
@@ -459,7 +569,7 @@ class HttpLink(Link):
 
     async def post(self, message: Message) -> None:
         try:
-            response = await self.http.post(self.url, json=message, headers=self.headers(self.session_id))
+            response = await self.http.post(self.url, json=message, headers=self.headers(message, self.session_id))
         except httpx2.TransportError as exc:
             raise LinkDown(f"{type(exc).__name__}: {exc}") from None
         if response.status_code == 404 and message.get("method") is not None:
@@ -473,11 +583,35 @@ class HttpLink(Link):
         delay = 0.5
         while not self.closed.is_set() and generation == self.generation:
             try:
-                async with self.http.stream("GET", self.url, headers=self.headers(self.session_id)) as response:
+                async with self.http.stream("GET", self.url, headers=self.headers({}, self.session_id)) as response:
                     if response.status_code in (404, 405):
                         return  # no stream offered (or the session is gone, which the next call notices)
                     delay = 0.5
                     await self.read_response(response, None)
+            except httpx2.TransportError:
+                pass
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+    async def subscribe(self) -> None:
+        """2026-07-28: a `subscriptions/listen` stream carries `list_changed`; held open, reopened when it drops."""
+        delay, first = 0.5, True
+        wanted = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
+        while not self.closed.is_set():
+            message = {"jsonrpc": "2.0", "id": next(self.ids), "method": "subscriptions/listen",
+                       "params": {"notifications": wanted, "_meta": self.envelope}}  # fmt: skip
+            headers = self.headers(message, None)
+            try:
+                async with self.http.stream("POST", self.url, json=message, headers=headers) as response:
+                    if response.status_code >= 400:
+                        return  # no subscriptions offered: lists are as of the last listing
+                    if not first:  # news may have been missed while the stream was down: look again
+                        await self.on_notification("notifications/tools/list_changed", None)
+                    first, delay = False, 0.5
+                    await self.read_response(response, None)
+            except httpx2.ConnectError as exc:
+                self.close(f"{type(exc).__name__}: {exc}"[:300])  # the backend is down: say so, and reconnect
+                return
             except httpx2.TransportError:
                 pass
             await anyio.sleep(delay)

@@ -23,6 +23,7 @@ DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 SEPARATOR = "__"
 MAX_NAME = 128  # the spec's limit for tool and prompt names
+PROTOCOLS = ("auto", "2025-11-25", "2026-07-28")  # auto: 2026-07-28 when an HTTP backend offers it
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,7 @@ class Backend:
     required: bool = False  # /readyz is 503 while a required backend is down
     pinning: str = "block"  # what a changed tool definition does: block, warn or off
     forward_authorization: bool = False  # pass the caller's Authorization header on (HTTP backends only)
+    protocol: str = "auto"  # the era spoken to it: auto, 2025-11-25 (the handshake) or 2026-07-28
 
     def public_name(self, tool: str) -> str:
         """`prefix` + name, kept within the spec's 128 characters by a stable hash suffix."""
@@ -173,6 +175,10 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     pinning = option(entry, options, "pinning", "block")
     if pinning not in ("block", "warn", "off"):
         raise ConfigError(f"{path}.pinning: expected block, warn or off")
+    protocol = option(entry, options, "protocolVersion", "auto")
+    if protocol not in PROTOCOLS or (command and protocol == "2026-07-28"):
+        allowed = "auto or 2025-11-25" if command else "auto, 2025-11-25 or 2026-07-28"
+        raise ConfigError(f"{path}.protocolVersion: expected {allowed}")
     cwd = entry.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise ConfigError(f"{path}.cwd: expected a string")
@@ -196,6 +202,7 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
         required=bool(option(entry, options, "required", False)),
         pinning=pinning,
         forward_authorization=bool(option(entry, options, "forwardAuthorization", False)) and url is not None,
+        protocol=protocol,
     )
 
 

@@ -34,6 +34,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
@@ -91,6 +92,7 @@ class Item:
     owner: Connection
     original: Message  # as the backend described it: its own name is what we call it by
     public: Message  # as clients see it
+    header_params: dict[tuple[str, ...], str] = field(default_factory=dict)  # arguments a call mirrors in headers
 
 
 @dataclass
@@ -168,7 +170,8 @@ class Proxy:
                         clash = f"{kind[:-1]} {public_key!r} is offered by both {owner!r} and {backend.name!r}"
                         conflicts.append(clash)
                         continue
-                    catalogue[kind][public_key] = Item(connection, original, public)
+                    mirrored = x_mcp_header_map(original.get("inputSchema")) if kind == "tools" else {}
+                    catalogue[kind][public_key] = Item(connection, original, public, mirrored)
         if conflicts != self.conflicts:
             for conflict in set(conflicts) - set(self.conflicts):
                 log.error("name clash; the second backend's item is left out", clash=conflict)
@@ -358,6 +361,8 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
             result = await forward(
                 ctx, item.owner, "tools/call", {"name": tool, "arguments": params.arguments or {}},
                 safe=safe, timeouts=Timeouts(backend.idle_timeout(tool), backend.max_duration),
+                # A 2026-07-28 backend checks the arguments its schema marks `x-mcp-header` against these headers.
+                extra_headers=mcp_param_headers(item.header_params, params.arguments or {}),
             )  # fmt: skip
             outcome = "tool_error" if result.get("isError") else "ok"
             return result
@@ -447,12 +452,18 @@ async def forward(
     *,
     safe: bool,
     timeouts: Timeouts,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> Message:
     """Send one request to its backend as a plain dict, with what belongs to this call, and clean up the answer."""
-    meta = dict((ctx.params or {}).get("_meta") or {})
+    asked = ctx.params or {}
+    meta = dict(asked.get("_meta") or {})
     meta = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/") and k != "progressToken"}
     propagate.inject(meta)  # traceparent: the backend's span joins the caller's trace
-    wants_progress = "progressToken" in ((ctx.params or {}).get("_meta") or {})
+    wants_progress = "progressToken" in (asked.get("_meta") or {})
+    # A 2026-07-28 caller answers a backend's `input_required` itself and sends the request again with the
+    # answers: they go through untouched. A 2025-11-25 caller is asked by the proxy (`relay`) instead.
+    params = {**params, **{key: asked[key] for key in ("inputResponses", "requestState") if key in asked}}
+    modern_caller = ctx.session.protocol_version >= "2026"
 
     async def progress(value: float, total: float | None, message: str | None) -> None:
         await ctx.session.report_progress(value, total, message)  # sent with the caller's own token
@@ -460,7 +471,7 @@ async def forward(
     async def relay(asked: str, asked_params: Mapping[str, Any] | None) -> Message:
         return await ask_client(ctx, asked, asked_params)
 
-    headers = {}
+    headers = dict(extra_headers or {})
     request = ctx.request if isinstance(ctx.request, Request) else None
     if connection.backend.forward_authorization and request is not None and "authorization" in request.headers:
         # TOKEN PASSTHROUGH, on for this backend in the config. The MCP spec forbids it unless the backend
@@ -469,7 +480,7 @@ async def forward(
     try:
         result = await connection.request(
             method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
-            progress=progress if wants_progress else None, relay=relay, headers=headers,
+            progress=progress if wants_progress else None, relay=None if modern_caller else relay, headers=headers,
         )  # fmt: skip
     except BackendError as exc:
         raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None

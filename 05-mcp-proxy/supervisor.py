@@ -74,6 +74,7 @@ class Connection:
             "tools": len(self.items["tools"]),
             "restarts": self.restarts,
             "pid": self.pid,
+            "protocol": self.link.protocol_version if self.link is not None else None,
             "last_ok_at": self.last_ok_at,
         }
 
@@ -82,7 +83,7 @@ class Connection:
         if backend.command:
             return StdioLink.open(backend.name, backend.command, backend.args, backend.env, backend.cwd, self.notified)
         assert backend.url is not None
-        return HttpLink.open(backend.name, backend.url, backend.headers, self.notified)
+        return HttpLink.open(backend.name, backend.url, backend.headers, self.notified, backend.protocol)
 
     async def supervise(self) -> None:
         """Run until cancelled: connect, serve, and on failure wait and connect again."""

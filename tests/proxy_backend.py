@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Annotated
 
 import anyio
 from mcp.server import MCPServer
 from mcp.server.elicitation import AcceptedElicitation
-from mcp.server.mcpserver import Context
+from mcp.server.mcpserver import Context, Elicit, Resolve
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel
 
@@ -102,9 +103,19 @@ class Answer(BaseModel):
 
 @mcp.tool()
 async def ask(question: str, ctx: Context) -> str:
-    """Ask the user, through whoever called."""
+    """Ask the user, through whoever called, mid-call: only a 2025-11-25 session can carry the question."""
     answer = await ctx.elicit(question, Answer)
     return f"accept: {answer.data.colour}" if isinstance(answer, AcceptedElicitation) else answer.action
+
+
+def question_for_the_user(question: str) -> Elicit[Answer]:
+    return Elicit(question, Answer)
+
+
+@mcp.tool()
+async def ask_either_era(question: str, answer: Annotated[Answer, Resolve(question_for_the_user)]) -> str:
+    """Ask the user in whichever era the caller speaks: mid-call in 2025-11-25, as `input_required` in 2026-07-28."""
+    return f"accept: {answer.colour}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -158,9 +158,21 @@ async def _without(client: Client, name: str) -> bool:
 
 
 async def test_progress_cancellation_and_questions_reach_the_client_that_called(tmp_path: Path) -> None:
-    with http_backend() as over_http, proxy_for(tmp_path, {"s": stdio_backend(), "h": {"url": over_http.url}}) as proxy:
+    # "s" over stdio and "old" over HTTP speak the 2025-11-25 handshake; "h" finds 2026-07-28 on the same server.
+    with (
+        http_backend() as over_http,
+        proxy_for(tmp_path, {
+            "s": stdio_backend(),
+            "h": {"url": over_http.url},
+            "old": {"url": over_http.url, "protocolVersion": "2025-11-25"},
+        }) as proxy,
+    ):  # fmt: skip
+        readyz = httpx2.get(proxy.base_url + "/readyz").json()["backends"]
+        assert {name: b["protocol"] for name, b in readyz.items()} == {
+            "s": "2025-11-25", "h": "2026-07-28", "old": "2025-11-25"
+        }  # fmt: skip
         async with http_client(proxy.url) as client:
-            for server in ("s", "h"):
+            for server in ("s", "h", "old"):
                 seen: list[tuple[float, float | None, str | None]] = []
 
                 async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -172,25 +184,41 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
                 assert text(result) == "done"
                 assert seen == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
 
-            with anyio.move_on_after(0.6):
-                await client.call_tool("s__slow", {"steps": 50, "delay": 0.1})
-            cancelled = await eventually(lambda: _structured(client, "s__was_cancelled"))
-            assert len(cancelled) == 1
+            for server in ("s", "h"):  # cancelled: by notifications/cancelled, or (2026-07-28) by closing the stream
+                before = len(await _structured(client, f"{server}__was_cancelled"))
+                with anyio.move_on_after(0.6):
+                    await client.call_tool(f"{server}__slow", {"steps": 50, "delay": 0.1})
+                await eventually(lambda: _grew(client, f"{server}__was_cancelled", before))  # noqa: B023
 
         async def answer(context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult | ErrorData:
             assert params.message == "favourite colour?"
             return ElicitResult(action="accept", content={"colour": "blue"})
 
-        async with (
-            httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
-            Client(
-                streamable_http_client(proxy.url, http_client=http), mode="legacy", elicitation_callback=answer
-            ) as legacy,
-        ):
-            for server in ("s", "h"):
-                assert (
-                    text(await legacy.call_tool(f"{server}__ask", {"question": "favourite colour?"})) == "accept: blue"
-                )
+        question = {"question": "favourite colour?"}
+        for mode in ("legacy", "2026-07-28"):
+            async with (
+                httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
+                Client(
+                    streamable_http_client(proxy.url, http_client=http), mode=mode, elicitation_callback=answer
+                ) as caller,
+            ):
+                # Asked in whichever era the backend speaks: by the proxy for a 2025-11-25 caller, and by a
+                # 2026-07-28 caller itself (it gets the backend's input_required, answers, and calls again).
+                for server in ("s", "h", "old") if mode == "legacy" else ("h",):
+                    assert text(await caller.call_tool(f"{server}__ask_either_era", question)) == "accept: blue"
+                if mode == "legacy":  # a question mid-call needs a 2025-11-25 session all the way
+                    for server in ("s", "old"):
+                        assert text(await caller.call_tool(f"{server}__ask", question)) == "accept: blue"
+                else:  # a 2025-11-25 backend asks mid-call; a 2026-07-28 caller has no channel for that
+                    for server in ("s", "old"):
+                        with pytest.raises(MCPError, match="connected with 2026-07-28, which carries no questions"):
+                            await caller.call_tool(f"{server}__ask_either_era", question)
+                with pytest.raises(MCPError, match="no back-channel"):
+                    await caller.call_tool("h__ask", question)  # the backend itself cannot ask in 2026-07-28
+
+
+async def _grew(client: Client, tool: str, before: int) -> bool:
+    return len(await _structured(client, tool)) > before
 
 
 async def _structured(client: Client, tool: str) -> Any:
@@ -234,17 +262,24 @@ async def test_a_killed_stdio_backend_fails_its_call_and_comes_back(tmp_path: Pa
         assert re.search(r'mcp_proxy_backend_restarts_total\{[^}]*server="b"[^}]*\} 1\.0', metrics)
 
 
-async def test_an_http_backend_that_restarted_gets_a_new_session_and_no_call_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["2025-11-25", "2026-07-28"])
+async def test_an_http_backend_that_restarted_is_reached_again_and_no_call_is_sent_twice(
+    tmp_path: Path, protocol: str
+) -> None:
     port = free_port()
-    with http_backend(port) as backend, proxy_for(tmp_path, {"h": {"url": backend.url}}) as proxy:
+    servers = {"h": {"url": f"http://127.0.0.1:{port}/mcp", "protocolVersion": protocol}}
+    with http_backend(port) as backend, proxy_for(tmp_path, servers) as proxy:
         async with http_client(proxy.url) as client:
             assert (await client.call_tool("h__increment", {})).structured_content == {"result": 1}
             backend.stop()
             with http_backend(port):
-                # The new process has never seen the proxy's session: 404, a new session, the call sent once.
+                # A new process: counting from 1 again, and each call sent once.
                 assert (await client.call_tool("h__increment", {})).structured_content == {"result": 1}
                 assert (await client.call_tool("h__increment", {})).structured_content == {"result": 2}
-    assert any(e.get("event") == "backend lost our session; starting a new one" for e in proxy.events())
+    # In 2025-11-25 the new process has never seen the proxy's session: 404, then a new session.
+    # In 2026-07-28 there is no session to lose.
+    renewed = any(e.get("event") == "backend lost our session; starting a new one" for e in proxy.events())
+    assert renewed == (protocol == "2025-11-25")
 
 
 async def test_a_backend_down_at_start_joins_when_it_comes_up(tmp_path: Path) -> None:
