@@ -52,6 +52,7 @@ STDERR_TAIL = 2000  # characters of a dead backend's last words kept for /readyz
 Message = dict[str, Any]
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 Relay = Callable[[str, Mapping[str, Any] | None], Awaitable[Message]]
+LogRelay = Callable[[Mapping[str, Any]], Awaitable[None]]  # a backend's log message about one call
 NotificationHandler = Callable[[str, Mapping[str, Any] | None], Awaitable[None]]
 
 
@@ -87,6 +88,7 @@ class Call:
     id: int
     progress: Progress | None = None
     relay: Relay | None = None
+    log: LogRelay | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     answered: anyio.Event = field(default_factory=anyio.Event)
     response: Message | None = None
@@ -168,6 +170,7 @@ class Link:
         *,
         progress: Progress | None = None,
         relay: Relay | None = None,
+        on_log: LogRelay | None = None,
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Message:
@@ -182,7 +185,7 @@ class Link:
         body: Message = dict(params or {})
         for _ in range(MAX_INPUT_ROUNDS):
             result = await self.exchange(
-                method, body, progress=progress, relay=relay, timeouts=timeouts, headers=headers
+                method, body, progress=progress, relay=relay, on_log=on_log, timeouts=timeouts, headers=headers
             )
             if result.get("resultType") != "input_required" or relay is None:
                 return result
@@ -214,13 +217,14 @@ class Link:
         *,
         progress: Progress | None = None,
         relay: Relay | None = None,
+        on_log: LogRelay | None = None,
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Message:
         """One request, one answer."""
         if self.closed.is_set():
             raise LinkDown(self.reason, sent=False)
-        call = Call(next(self.ids), progress, relay, headers=headers or {})
+        call = Call(next(self.ids), progress, relay, on_log, headers=headers or {})
         body: Message = dict(params or {})
         meta = dict(body.get("_meta") or {})
         # The client's token means nothing to the backend: ours is asked for always, since progress also
@@ -281,6 +285,9 @@ class Link:
                 owner = self.calls.get(params.get("progressToken"))
                 if owner is not None:
                     await owner.on_progress(params)
+            elif method == "notifications/message" and params is not None and (owner := self.owner(call)):
+                if owner.log is not None:
+                    await owner.log(params)  # about this call: to the client that made it
             else:
                 await self.on_notification(method, params)
             return None
@@ -292,9 +299,7 @@ class Link:
             return {"result": {}}
         if method == "roots/list":
             return {"result": {"roots": []}}
-        if call is None and len(self.calls) == 1:
-            # Over stdio a question carries no mark of the call it belongs to; with one call in flight it is that one.
-            call = next(iter(self.calls.values()))
+        call = self.owner(call)
         if call is None:
             return {"error": {"code": -32601, "message": f"{method}: no client to ask (several calls in flight)"}}
         if call.relay is None:
@@ -307,6 +312,10 @@ class Link:
             return {"error": {"code": exc.code, "message": exc.message}}
         finally:
             call.touch()
+
+    def owner(self, call: Call | None) -> Call | None:
+        """The call a message from the backend is about: over HTTP, the one whose answer stream carried it."""
+        return call
 
     async def initialize(self) -> None:
         """The 2025-11-25 handshake: our capabilities out, the backend's info and capabilities back."""
@@ -368,6 +377,12 @@ class StdioLink(Link):
                     signal_next()
             with suppress(Exception):
                 await self.process.aclose()  # waits, and closes the pipes: no file descriptor is left behind
+
+    def owner(self, call: Call | None) -> Call | None:
+        """Over stdio nothing marks which call a message is about; with one call in flight, it is that one."""
+        if call is None and len(self.calls) == 1:
+            return next(iter(self.calls.values()))
+        return call
 
     async def deliver(self, message: Message, call: Call) -> None:
         await self.send(message, sent=False)

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 import anyio
 import structlog
@@ -40,12 +40,14 @@ from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, T
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp.types import (
     INVALID_PARAMS,
+    LOG_LEVEL_META_KEY,
     CallToolRequestParams,
     CreateMessageRequest,
     CreateMessageResult,
     ElicitRequest,
     ElicitResult,
     GetPromptRequestParams,
+    LoggingLevel,
     PaginatedRequestParams,
     ReadResourceRequestParams,
 )
@@ -74,6 +76,7 @@ CHANGED: dict[str, type[ToolsListChanged | PromptsListChanged | ResourcesListCha
     "prompts": PromptsListChanged,
     "resources": ResourcesListChanged,
 }
+LOG_LEVELS = get_args(LoggingLevel)  # what a backend's log message may say its level is
 SCOPE_KEY = "mcp_proxy.servers"  # where the front door leaves which backends the caller's token opens
 RELOAD_POLL = 1.0  # seconds between looks at the configuration and pins files
 START_PATIENCE = 20.0  # seconds the proxy waits for every backend's first start before serving anyway
@@ -457,19 +460,29 @@ async def forward(
     """Send one request to its backend as a plain dict, with what belongs to this call, and clean up the answer."""
     asked = ctx.params or {}
     meta = dict(asked.get("_meta") or {})
-    meta = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/") and k != "progressToken"}
+    # The caller's envelope is not the backend's (the link writes its own), but its log level is its wish.
+    meta = {k: v for k, v in meta.items() if k == LOG_LEVEL_META_KEY or not k.startswith("io.modelcontextprotocol/")}
+    meta.pop("progressToken", None)
     propagate.inject(meta)  # traceparent: the backend's span joins the caller's trace
     wants_progress = "progressToken" in (asked.get("_meta") or {})
     # A 2026-07-28 caller answers a backend's `input_required` itself and sends the request again with the
     # answers: they go through untouched. A 2025-11-25 caller is asked by the proxy (`relay`) instead.
     params = {**params, **{key: asked[key] for key in ("inputResponses", "requestState") if key in asked}}
     modern_caller = ctx.session.protocol_version >= "2026"
+    if not modern_caller:  # a 2025-11-25 session takes every level its own setting lets through
+        meta.setdefault(LOG_LEVEL_META_KEY, "debug")
 
     async def progress(value: float, total: float | None, message: str | None) -> None:
         await ctx.session.report_progress(value, total, message)  # sent with the caller's own token
 
     async def relay(asked: str, asked_params: Mapping[str, Any] | None) -> Message:
         return await ask_client(ctx, asked, asked_params)
+
+    async def log_message(message: Mapping[str, Any]) -> None:
+        level = message.get("level")
+        if level in LOG_LEVELS:
+            data, logger = message.get("data"), message.get("logger")
+            await ctx.session.send_log_message(cast(LoggingLevel, level), data, logger, ctx.request_id)
 
     headers = dict(extra_headers or {})
     request = ctx.request if isinstance(ctx.request, Request) else None
@@ -480,7 +493,8 @@ async def forward(
     try:
         result = await connection.request(
             method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
-            progress=progress if wants_progress else None, relay=None if modern_caller else relay, headers=headers,
+            progress=progress if wants_progress else None, relay=None if modern_caller else relay, on_log=log_message,
+            headers=headers,
         )  # fmt: skip
     except BackendError as exc:
         raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None

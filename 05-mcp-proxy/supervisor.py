@@ -24,7 +24,19 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from links import BackendError, HttpLink, Link, LinkDown, Message, Progress, Relay, StdioLink, Timeout, Timeouts
+from links import (
+    BackendError,
+    HttpLink,
+    Link,
+    LinkDown,
+    LogRelay,
+    Message,
+    Progress,
+    Relay,
+    StdioLink,
+    Timeout,
+    Timeouts,
+)
 from proxy_config import Backend
 
 log = structlog.get_logger("mcp-proxy.supervisor")
@@ -175,6 +187,7 @@ class Connection:
         timeouts: Timeouts,
         progress: Progress | None = None,
         relay: Relay | None = None,
+        on_log: LogRelay | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Message:
         """Forward one request; on a broken link, send it once more only when that cannot do harm."""
@@ -182,7 +195,7 @@ class Connection:
             link = await self.wait_ready()
             try:
                 result = await link.request(
-                    method, params, progress=progress, relay=relay, timeouts=timeouts, headers=headers
+                    method, params, progress=progress, relay=relay, on_log=on_log, timeouts=timeouts, headers=headers
                 )
             except LinkDown as exc:
                 if attempt == 2 or (exc.sent and not safe):

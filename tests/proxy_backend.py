@@ -92,6 +92,13 @@ async def slow(steps: int, delay: float, ctx: Context) -> str:
 
 
 @mcp.tool()
+async def chatty(ctx: Context) -> str:
+    """Log a line about this call before answering."""
+    await ctx.info("working on it")
+    return "said"
+
+
+@mcp.tool()
 def was_cancelled() -> list[str]:
     """The request ids of calls to `slow` that were cancelled."""
     return cancelled

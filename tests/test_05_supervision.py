@@ -25,7 +25,7 @@ from mcp import Client, MCPError
 from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ToolListChangedNotification
-from mcp_types import ElicitRequestParams, ElicitResult, ErrorData
+from mcp_types import ElicitRequestParams, ElicitResult, ErrorData, LoggingMessageNotificationParams
 
 from tests.harness import (
     HTTP_TIMEOUT,
@@ -196,12 +196,23 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
 
         question = {"question": "favourite colour?"}
         for mode in ("legacy", "2026-07-28"):
+            logged: list[tuple[str, Any]] = []
+
+            async def on_log(params: LoggingMessageNotificationParams) -> None:
+                logged.append((params.level, params.data))  # noqa: B023 - read before the loop moves on
+
             async with (
                 httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
                 Client(
-                    streamable_http_client(proxy.url, http_client=http), mode=mode, elicitation_callback=answer
+                    streamable_http_client(proxy.url, http_client=http), mode=mode, elicitation_callback=answer,
+                    logging_callback=on_log, log_level="info",  # 2026-07-28: log lines come only when asked for
                 ) as caller,
-            ):
+            ):  # fmt: skip
+                # A backend's log line about a call reaches the client that made the call, in either era.
+                for server in ("s", "h", "old"):
+                    assert text(await caller.call_tool(f"{server}__chatty", {})) == "said"
+                    assert logged, (mode, server)
+                    assert logged.pop() == ("info", "working on it")
                 # Asked in whichever era the backend speaks: by the proxy for a 2025-11-25 caller, and by a
                 # 2026-07-28 caller itself (it gets the backend's input_required, answers, and calls again).
                 for server in ("s", "h", "old") if mode == "legacy" else ("h",):
