@@ -173,21 +173,22 @@ class Link:
         on_log: LogRelay | None = None,
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
+        pass_input_required: bool = False,
     ) -> Message:
         """Send one request and wait for its result; the backend's error is raised as `BackendError`.
 
         `headers` go with this request only, and only over HTTP. A 2026-07-28
-        backend that needs input first answers `input_required`: with a
-        `relay`, the link asks the client and sends the request again with the
-        answers; without one, the result goes back as it is, for a 2026-07-28
-        caller to answer itself.
+        backend that needs input first answers `input_required`: the link asks
+        `relay` and sends the request again with the answers, unless
+        `pass_input_required` says the caller (a 2026-07-28 client) answers
+        such results itself.
         """
         body: Message = dict(params or {})
         for _ in range(MAX_INPUT_ROUNDS):
             result = await self.exchange(
                 method, body, progress=progress, relay=relay, on_log=on_log, timeouts=timeouts, headers=headers
             )
-            if result.get("resultType") != "input_required" or relay is None:
+            if result.get("resultType") != "input_required" or relay is None or pass_input_required:
                 return result
             body = {key: value for key, value in body.items() if key not in ("inputResponses", "requestState")}
             body.update(await self.fulfil(result, relay))

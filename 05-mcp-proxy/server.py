@@ -28,7 +28,7 @@ from typing import Any, cast, get_args
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from links import BackendError, Message, Timeouts
+from links import BackendError, Message, Relay, Timeouts
 from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
@@ -52,6 +52,7 @@ from mcp.types import (
     ReadResourceRequestParams,
 )
 from opentelemetry import metrics, propagate
+from parking import ParkingLot
 from pins import Pins
 from proxy_config import Backend, ConfigError, ProxyConfig, load_config
 from starlette.datastructures import Headers
@@ -115,6 +116,7 @@ class Proxy:
     sessions: OrderedDict[str, ServerSession] = field(default_factory=OrderedDict)  # 2025-11-25 clients
     changed_kinds: set[str] = field(default_factory=set)
     changed: anyio.Event = field(default_factory=anyio.Event)
+    parking: ParkingLot = field(default_factory=ParkingLot)
     tg: TaskGroup | None = None
 
     # --- the backends ------------------------------------------------------------------------
@@ -468,21 +470,29 @@ async def forward(
     # A 2026-07-28 caller answers a backend's `input_required` itself and sends the request again with the
     # answers: they go through untouched. A 2025-11-25 caller is asked by the proxy (`relay`) instead.
     params = {**params, **{key: asked[key] for key in ("inputResponses", "requestState") if key in asked}}
+    # (A requestState of the proxy's own names a parked call; see below. It is never sent to a backend.)
     modern_caller = ctx.session.protocol_version >= "2026"
     if not modern_caller:  # a 2025-11-25 session takes every level its own setting lets through
         meta.setdefault(LOG_LEVEL_META_KEY, "debug")
 
-    async def progress(value: float, total: float | None, message: str | None) -> None:
-        await ctx.session.report_progress(value, total, message)  # sent with the caller's own token
+    async def send(relay: Relay | None, caller: Callable[[], ServerRequestContext[Proxy]]) -> Message:
+        async def progress(value: float, total: float | None, message: str | None) -> None:
+            await caller().session.report_progress(value, total, message)  # sent with the caller's own token
 
-    async def relay(asked: str, asked_params: Mapping[str, Any] | None) -> Message:
-        return await ask_client(ctx, asked, asked_params)
+        async def log_message(message: Mapping[str, Any]) -> None:
+            level, now = message.get("level"), caller()
+            if level in LOG_LEVELS:
+                data, logger = message.get("data"), message.get("logger")
+                await now.session.send_log_message(cast(LoggingLevel, level), data, logger, now.request_id)
 
-    async def log_message(message: Mapping[str, Any]) -> None:
-        level = message.get("level")
-        if level in LOG_LEVELS:
-            data, logger = message.get("data"), message.get("logger")
-            await ctx.session.send_log_message(cast(LoggingLevel, level), data, logger, ctx.request_id)
+        try:
+            return await connection.request(
+                method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
+                progress=progress if wants_progress else None, relay=relay, on_log=log_message, headers=headers,
+                pass_input_required=modern_caller,
+            )  # fmt: skip
+        except BackendError as exc:
+            raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
 
     headers = dict(extra_headers or {})
     request = ctx.request if isinstance(ctx.request, Request) else None
@@ -490,14 +500,19 @@ async def forward(
         # TOKEN PASSTHROUGH, on for this backend in the config. The MCP spec forbids it unless the backend
         # is the token's audience: the README says when that holds. Off by default, for every backend.
         headers["authorization"] = request.headers["authorization"]
-    try:
-        result = await connection.request(
-            method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
-            progress=progress if wants_progress else None, relay=None if modern_caller else relay, on_log=log_message,
-            headers=headers,
-        )  # fmt: skip
-    except BackendError as exc:
-        raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
+    if modern_caller:
+        # A 2025-11-25 backend may ask a question mid-call; this caller can only be asked by an `input_required`
+        # result. The call is parked while the caller answers (parking.py).
+        proxy, target = ctx.lifespan_context, (method, str(params.get("name") or params.get("uri")))
+        assert proxy.tg is not None
+        try:
+            result = await proxy.parking.call(
+                proxy.tg, target, params, ctx, lambda parked: send(parked.ask, lambda: parked.waiter)
+            )
+        except BackendError as exc:
+            raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
+    else:
+        result = await send(lambda asked, asked_params: ask_client(ctx, asked, asked_params), lambda: ctx)
     result.setdefault("resultType", "complete")  # 2026-07-28 requires it; backends are spoken to in 2025-11-25
     meta_out = result.get("_meta")
     if isinstance(meta_out, dict) and SERVER_INFO_KEY in meta_out:  # the answer is ours now: the SDK stamps it

@@ -189,13 +189,21 @@ class Connection:
         relay: Relay | None = None,
         on_log: LogRelay | None = None,
         headers: Mapping[str, str] | None = None,
+        pass_input_required: bool = False,
     ) -> Message:
         """Forward one request; on a broken link, send it once more only when that cannot do harm."""
         for attempt in (1, 2):
             link = await self.wait_ready()
             try:
                 result = await link.request(
-                    method, params, progress=progress, relay=relay, on_log=on_log, timeouts=timeouts, headers=headers
+                    method,
+                    params,
+                    progress=progress,
+                    relay=relay,
+                    on_log=on_log,
+                    timeouts=timeouts,
+                    headers=headers,
+                    pass_input_required=pass_input_required,
                 )
             except LinkDown as exc:
                 if attempt == 2 or (exc.sent and not safe):
