@@ -500,9 +500,10 @@ async def forward(
         # TOKEN PASSTHROUGH, on for this backend in the config. The MCP spec forbids it unless the backend
         # is the token's audience: the README says when that holds. Off by default, for every backend.
         headers["authorization"] = request.headers["authorization"]
-    if modern_caller:
+    if modern_caller and not connection.modern:
         # A 2025-11-25 backend may ask a question mid-call; this caller can only be asked by an `input_required`
-        # result. The call is parked while the caller answers (parking.py).
+        # result. The call is parked while the caller answers (parking.py). (A 2026-07-28 backend asks by an
+        # `input_required` result of its own, which goes to the caller as it is.)
         proxy, target = ctx.lifespan_context, (method, str(params.get("name") or params.get("uri")))
         assert proxy.tg is not None
         try:

@@ -76,6 +76,11 @@ class Connection:
     relisting: bool = False
 
     @property
+    def modern(self) -> bool:
+        """Whether the backend is spoken to in 2026-07-28 (it then asks its questions by `input_required`)."""
+        return self.link is not None and self.link.modern
+
+    @property
     def pid(self) -> int | None:
         return self.link.pid if self.link is not None else None
 
