@@ -22,8 +22,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any, Protocol, cast, get_args
 
 import anyio
 import structlog
@@ -78,6 +79,7 @@ CHANGED: dict[str, type[ToolsListChanged | PromptsListChanged | ResourcesListCha
     "resources": ResourcesListChanged,
 }
 LOG_LEVELS = get_args(LoggingLevel)  # what a backend's log message may say its level is
+RESERVED_META = "io.modelcontextprotocol/"  # `_meta` keys of the protocol itself
 SCOPE_KEY = "mcp_proxy.servers"  # where the front door leaves which backends the caller's token opens
 RELOAD_POLL = 1.0  # seconds between looks at the configuration and pins files
 START_PATIENCE = 20.0  # seconds the proxy waits for every backend's first start before serving anyway
@@ -357,33 +359,7 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
                 raise MCPError(code=INVALID_PARAMS, message=f"Tool {params.name} is quarantined: " +
                                proxy.quarantined[params.name])  # fmt: skip
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-        backend, tool = item.owner.backend, str(item.original["name"])
-        annotations = item.original.get("annotations") or {}
-        # Sending a call twice is harmless only if the tool says it reads, or that repeating it changes nothing.
-        safe = bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
-        started, outcome = time.perf_counter(), "ok"
-        try:
-            result = await forward(
-                ctx, item.owner, "tools/call", {"name": tool, "arguments": params.arguments or {}},
-                safe=safe, timeouts=Timeouts(backend.idle_timeout(tool), backend.max_duration),
-                # A 2026-07-28 backend checks the arguments its schema marks `x-mcp-header` against these headers.
-                extra_headers=mcp_param_headers(item.header_params, params.arguments or {}),
-            )  # fmt: skip
-            outcome = "tool_error" if result.get("isError") else "ok"
-            return result
-        except Unavailable as exc:
-            outcome = "unavailable"
-            # A tool error, not a protocol error: the model reads it and can decide to try again.
-            return {"content": [{"type": "text", "text": str(exc)}], "isError": True, "resultType": "complete"}
-        except MCPError as exc:
-            outcome = str(exc.error.code)
-            raise
-        finally:
-            calls.add(1, {"server": backend.name, "tool": tool, "outcome": outcome})
-            # Arguments and results stay out of the log: they can hold personal data.
-            log.info("forwarded", server=backend.name, tool=tool, outcome=outcome,
-                     ms=round((time.perf_counter() - started) * 1000, 2),
-                     arguments=sorted((params.arguments or {}).keys()))  # fmt: skip
+        return await call_backend_tool(item, params.arguments or {}, partial(forward, ctx))
 
     async def list_prompts(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
         ctx.lifespan_context.remember(ctx)
@@ -449,6 +425,80 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
 serving: list[Proxy] = []  # the running proxy, for /readyz
 
 
+class Sender(Protocol):
+    """How a call reaches its backend: `forward` for a request the SDK handled, the express lane's own otherwise."""
+
+    async def __call__(
+        self,
+        connection: Connection,
+        method: str,
+        params: Message,
+        *,
+        safe: bool,
+        timeouts: Timeouts,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Message: ...
+
+
+async def call_backend_tool(item: Item, arguments: Mapping[str, Any], send: Sender) -> Message:
+    """One tool call to its backend, with what every call gets: its timeouts, a count, and a log line."""
+    backend, tool = item.owner.backend, str(item.original["name"])
+    annotations = item.original.get("annotations") or {}
+    # Sending a call twice is harmless only if the tool says it reads, or that repeating it changes nothing.
+    safe = bool(annotations.get("readOnlyHint") or annotations.get("idempotentHint"))
+    started, outcome = time.perf_counter(), "ok"
+    try:
+        result = await send(
+            item.owner, "tools/call", {"name": tool, "arguments": dict(arguments)},
+            safe=safe, timeouts=Timeouts(backend.idle_timeout(tool), backend.max_duration),
+            # A 2026-07-28 backend checks the arguments its schema marks `x-mcp-header` against these headers.
+            extra_headers=mcp_param_headers(item.header_params, arguments),
+        )  # fmt: skip
+        outcome = "tool_error" if result.get("isError") else "ok"
+        return result
+    except Unavailable as exc:
+        outcome = "unavailable"
+        # A tool error, not a protocol error: the model reads it and can decide to try again.
+        return {"content": [{"type": "text", "text": str(exc)}], "isError": True, "resultType": "complete"}
+    except MCPError as exc:
+        outcome = str(exc.error.code)
+        raise
+    finally:
+        calls.add(1, {"server": backend.name, "tool": tool, "outcome": outcome})
+        # Arguments and results stay out of the log: they can hold personal data.
+        log.info("forwarded", server=backend.name, tool=tool, outcome=outcome,
+                 ms=round((time.perf_counter() - started) * 1000, 2), arguments=sorted(arguments))  # fmt: skip
+
+
+def outgoing_meta(caller_meta: Mapping[str, Any], modern_caller: bool) -> Message:
+    """The `_meta` a backend gets: the caller's, less what belongs to the caller's own exchange with us."""
+    # The caller's envelope is not the backend's (the link writes its own), but its log level is its wish.
+    meta = {k: v for k, v in caller_meta.items() if k == LOG_LEVEL_META_KEY or not k.startswith(RESERVED_META)}
+    meta.pop("progressToken", None)  # the link asks for progress with a token of its own
+    propagate.inject(meta)  # traceparent: the backend's span joins the caller's trace
+    if not modern_caller:  # a 2025-11-25 session takes every level its own setting lets through
+        meta.setdefault(LOG_LEVEL_META_KEY, "debug")
+    return meta
+
+
+def backend_headers(connection: Connection, request: Request | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    headers = dict(extra or {})
+    if connection.backend.forward_authorization and request is not None and "authorization" in request.headers:
+        # TOKEN PASSTHROUGH, on for this backend in the config. The MCP spec forbids it unless the backend
+        # is the token's audience: the README says when that holds. Off by default, for every backend.
+        headers["authorization"] = request.headers["authorization"]
+    return headers
+
+
+def cleaned(result: Message) -> Message:
+    """The backend's answer, made ours: the SDK (or the express lane) stamps our own server info on it."""
+    result.setdefault("resultType", "complete")  # 2026-07-28 requires it; a 2025-11-25 backend leaves it out
+    meta_out = result.get("_meta")
+    if isinstance(meta_out, dict) and SERVER_INFO_KEY in meta_out:
+        result["_meta"] = {k: v for k, v in meta_out.items() if k != SERVER_INFO_KEY} or None
+    return result
+
+
 async def forward(
     ctx: ServerRequestContext[Proxy],
     connection: Connection,
@@ -461,19 +511,13 @@ async def forward(
 ) -> Message:
     """Send one request to its backend as a plain dict, with what belongs to this call, and clean up the answer."""
     asked = ctx.params or {}
-    meta = dict(asked.get("_meta") or {})
-    # The caller's envelope is not the backend's (the link writes its own), but its log level is its wish.
-    meta = {k: v for k, v in meta.items() if k == LOG_LEVEL_META_KEY or not k.startswith("io.modelcontextprotocol/")}
-    meta.pop("progressToken", None)
-    propagate.inject(meta)  # traceparent: the backend's span joins the caller's trace
+    modern_caller = ctx.session.protocol_version >= "2026"
+    meta = outgoing_meta(asked.get("_meta") or {}, modern_caller)
     wants_progress = "progressToken" in (asked.get("_meta") or {})
     # A 2026-07-28 caller answers a backend's `input_required` itself and sends the request again with the
     # answers: they go through untouched. A 2025-11-25 caller is asked by the proxy (`relay`) instead.
-    params = {**params, **{key: asked[key] for key in ("inputResponses", "requestState") if key in asked}}
     # (A requestState of the proxy's own names a parked call; see below. It is never sent to a backend.)
-    modern_caller = ctx.session.protocol_version >= "2026"
-    if not modern_caller:  # a 2025-11-25 session takes every level its own setting lets through
-        meta.setdefault(LOG_LEVEL_META_KEY, "debug")
+    params = {**params, **{key: asked[key] for key in ("inputResponses", "requestState") if key in asked}}
 
     async def send(relay: Relay | None, caller: Callable[[], ServerRequestContext[Proxy]]) -> Message:
         async def progress(value: float, total: float | None, message: str | None) -> None:
@@ -494,12 +538,7 @@ async def forward(
         except BackendError as exc:
             raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
 
-    headers = dict(extra_headers or {})
-    request = ctx.request if isinstance(ctx.request, Request) else None
-    if connection.backend.forward_authorization and request is not None and "authorization" in request.headers:
-        # TOKEN PASSTHROUGH, on for this backend in the config. The MCP spec forbids it unless the backend
-        # is the token's audience: the README says when that holds. Off by default, for every backend.
-        headers["authorization"] = request.headers["authorization"]
+    headers = backend_headers(connection, ctx.request if isinstance(ctx.request, Request) else None, extra_headers)
     if modern_caller and not connection.modern:
         # A 2025-11-25 backend may ask a question mid-call; this caller can only be asked by an `input_required`
         # result. The call is parked while the caller answers (parking.py). (A 2026-07-28 backend asks by an
@@ -514,11 +553,7 @@ async def forward(
             raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
     else:
         result = await send(lambda asked, asked_params: ask_client(ctx, asked, asked_params), lambda: ctx)
-    result.setdefault("resultType", "complete")  # 2026-07-28 requires it; backends are spoken to in 2025-11-25
-    meta_out = result.get("_meta")
-    if isinstance(meta_out, dict) and SERVER_INFO_KEY in meta_out:  # the answer is ours now: the SDK stamps it
-        result["_meta"] = {k: v for k, v in meta_out.items() if k != SERVER_INFO_KEY} or None
-    return result
+    return cleaned(result)
 
 
 async def ask_client(ctx: ServerRequestContext[Proxy], method: str, params: Mapping[str, Any] | None) -> Message:
