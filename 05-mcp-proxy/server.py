@@ -29,6 +29,7 @@ from typing import Any, Protocol, cast, get_args
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from express import ExpressLane
 from links import BackendError, Message, Relay, Timeouts
 from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
@@ -67,6 +68,7 @@ from supervisor import Connection, Unavailable
 from shared import configure_logging, parse_config, serve
 from shared.config import build_parser
 from shared.context import bearer_token
+from shared.serve import MCP_PATH, transport_security
 from shared.telemetry import INSTRUMENTATION_NAME, TelemetryMiddleware, metrics_endpoint, setup_telemetry
 
 DEFAULT_PORT = 9090
@@ -233,6 +235,15 @@ class Proxy:
     def input_schema(self, tool: str) -> Mapping[str, Any] | None:
         item = self.catalogue["tools"].get(tool)
         return item.public.get("inputSchema") if item is not None else None
+
+    def express_route(self, name: str, scope: Scope) -> Item | None:
+        """The tool, if a call to it may take the express lane: its backend speaks 2026-07-28 (so it cannot ask
+        a question mid-call) and it mirrors no argument in a header (which the SDK checks)."""
+        item = self.catalogue["tools"].get(name)
+        allowed = scope.get("state", {}).get(SCOPE_KEY)
+        if item is None or (allowed is not None and item.owner.backend.name not in allowed):
+            return None
+        return item if item.owner.modern and not item.header_params else None
 
     def visible(self, kind: str, servers: frozenset[str] | None) -> list[Message]:
         return [
@@ -499,6 +510,33 @@ def cleaned(result: Message) -> Message:
     return result
 
 
+async def express_call(
+    item: Item, arguments: Mapping[str, Any], caller_meta: Mapping[str, Any], request: Request
+) -> Message:
+    """A call the express lane took (express.py): no progress, no log lines, no questions to relay."""
+
+    async def send(
+        connection: Connection,
+        method: str,
+        params: Message,
+        *,
+        safe: bool,
+        timeouts: Timeouts,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Message:
+        meta = outgoing_meta(caller_meta, modern_caller=True)
+        try:
+            result = await connection.request(
+                method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
+                headers=backend_headers(connection, request, extra_headers), pass_input_required=True,
+            )  # fmt: skip
+        except BackendError as exc:
+            raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
+        return cleaned(result)
+
+    return await call_backend_tool(item, arguments, send)
+
+
 async def forward(
     ctx: ServerRequestContext[Proxy],
     connection: Connection,
@@ -672,11 +710,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Spans are made and passed on to backends either way; printing one per call is opt-in here.
     telemetry = setup_telemetry("mcp-workshop-05", env={"OTEL_TRACES_EXPORTER": "none", **os.environ})
     server = make_server(proxy_config, pins, args.config)
-    server.middleware.append(TelemetryMiddleware())
+    server.middleware.append(telemetry_middleware := TelemetryMiddleware())
     current = lambda: serving[-1].config if serving else proxy_config  # noqa: E731 - reload changes the tokens
     routes = [Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
     try:
-        serve(server, config, routes=routes, middleware=[Middleware(FrontDoor, proxy_config=current)])
+        express = Middleware(
+            ExpressLane, path=MCP_PATH, security=transport_security(config), call=express_call,
+            route=lambda name, scope: serving[-1].express_route(name, scope) if serving else None,
+            server_info=lambda: server.server_info_stamp, duration=telemetry_middleware.duration,
+        )  # fmt: skip
+        serve(server, config, routes=routes, middleware=[Middleware(FrontDoor, proxy_config=current), express])
     finally:
         telemetry.shutdown()
 

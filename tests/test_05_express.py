@@ -1,0 +1,107 @@
+"""05-mcp-proxy's express lane (express.py): the same answers as the SDK's path, only sooner.
+
+A plain 2026-07-28 `tools/call` to a tool of a 2026-07-28 backend takes the
+express lane; the same request with a progress token goes the SDK's way. Each
+pair of answers must be the same, errors included, and what the lane must not
+take (a bad Host, headers that disagree with the body) gets the SDK's answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.harness import ServerProcess
+from tests.test_05_supervision import proxy_for
+
+pytestmark = pytest.mark.anyio
+MODERN = "2026-07-28"
+ENVELOPE = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "raw-test", "version": "1"},
+}
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp_path: Path = tmp_path_factory.mktemp("express")
+    with (
+        ServerProcess("tests", script="proxy_backend.py") as backend,
+        proxy_for(tmp_path, {"h": {"url": backend.url}}) as running,
+    ):
+        yield running
+
+
+def call(
+    proxy: ServerProcess, name: str, arguments: Any, *, progress: bool = False, headers: dict[str, str] | None = None
+) -> httpx2.Response:
+    meta = {**ENVELOPE, **({"progressToken": "p1"} if progress else {})}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments, "_meta": meta},
+    }
+    sent = {
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": name,
+        **(headers or {}),
+    }
+    return httpx2.post(proxy.url, content=json.dumps(body), headers=sent, timeout=30)
+
+
+def answer(response: httpx2.Response) -> tuple[int, Any]:
+    """Status and JSON-RPC message; an SSE answer (the SDK's path may stream) is reduced to its last message."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        return response.status_code, json.loads(data[-1])
+    return response.status_code, response.json()
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("h__echo", {"text": "hello"}),  # a result
+        ("h__echo", {"text": 42}),  # the backend refuses the arguments
+        ("h__echo", {}),  # a required argument missing
+        ("h__nope", {}),  # no such tool: never the lane's
+        ("h__whoami", {}),  # structured content
+    ],
+)
+def test_the_express_lane_answers_as_the_sdks_path_does(proxy: ServerProcess, name: str, arguments: Any) -> None:
+    express, sdk = answer(call(proxy, name, arguments)), answer(call(proxy, name, arguments, progress=True))
+    if name == "h__whoami":  # the backend's pid is the same either way; the lane adds nothing else
+        assert express[1]["result"]["structuredContent"]["pid"] == sdk[1]["result"]["structuredContent"]["pid"]
+    assert express == sdk
+    assert express[1]["id"] == 7
+    if "result" in express[1]:
+        assert express[1]["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcp-proxy"
+
+
+def test_what_the_lane_must_not_take_gets_the_sdks_refusal(proxy: ServerProcess) -> None:
+    rebinding = call(proxy, "h__echo", {"text": "x"}, headers={"host": "evil.example"})
+    assert rebinding.status_code in (400, 403, 421)  # DNS-rebinding protection, the SDK's answer
+    mismatch = call(proxy, "h__echo", {"text": "x"}, headers={"mcp-name": "h__whoami"})
+    assert mismatch.status_code == 400
+    assert "header does not match the request body" in mismatch.json()["error"]["message"]
+    assert answer(call(proxy, "h__echo", {"text": "still here"}))[1]["result"]["content"][0]["text"] == "still here"
+
+
+def test_a_call_on_the_lane_is_counted_logged_and_measured(proxy: ServerProcess) -> None:
+    before = sum(1 for e in proxy.events() if e.get("event") == "forwarded" and e.get("tool") == "echo")
+    assert call(proxy, "h__echo", {"text": "count me"}).status_code == 200
+    forwarded = [e for e in proxy.events() if e.get("event") == "forwarded" and e.get("tool") == "echo"]
+    assert len(forwarded) == before + 1 and forwarded[-1]["arguments"] == ["text"]
+    assert "count me" not in json.dumps(forwarded[-1])  # argument values stay out of the log
+    scraped = httpx2.get(proxy.base_url + "/metrics").text
+    assert "mcp_server_operation_duration_seconds_count{" in scraped
+    assert any('gen_ai_tool_name="h__echo"' in line for line in scraped.splitlines() if "duration" in line)
