@@ -41,6 +41,7 @@ check: install
 bench: install
 	$(BIN)/python -m bench.telemetry_overhead
 	$(BIN)/python -m bench.oauth_overhead
+	$(BIN)/python -m bench.proxy_overhead --concurrency 32
 
 install: $(VENV)/.installed node_modules/.installed
 
