@@ -95,6 +95,7 @@ class Call:
     clock: anyio.CancelScope | None = None  # its deadline is the idle timeout, pushed on by progress
     idle: float = math.inf
     give_up: float = math.inf
+    background: bool = False  # a `subscriptions/listen` held open: no call of anybody's
 
     def settle(self, response: Message) -> None:
         self.response = response
@@ -226,6 +227,7 @@ class Link:
         if self.closed.is_set():
             raise LinkDown(self.reason, sent=False)
         call = Call(next(self.ids), progress, relay, on_log, headers=headers or {})
+        call.background = method == "subscriptions/listen"
         body: Message = dict(params or {})
         meta = dict(body.get("_meta") or {})
         # The client's token means nothing to the backend: ours is asked for always, since progress also
@@ -249,9 +251,9 @@ class Link:
                 limit = "total" if anyio.current_time() >= call.give_up else "idle"
                 raise Timeout(f"no answer within the {limit} timeout of {getattr(timeouts, limit):g} s")
         except (Timeout, anyio.get_cancelled_exc_class()):
-            if not call.answered.is_set() and not self.closed.is_set() and not self.modern:
-                # Cancelled by our caller or timed out: tell the backend to stop working on it. (In 2026-07-28
-                # closing the request's stream says it, and that happened as the cancellation unwound.)
+            if not call.answered.is_set() and not self.closed.is_set() and not self.cancels_by_closing:
+                # Cancelled by our caller or timed out: tell the backend to stop working on it. (Over HTTP in
+                # 2026-07-28 closing the request's stream says it, and that happened as the cancellation unwound.)
                 with anyio.CancelScope(shield=True), suppress(Exception), anyio.move_on_after(2):
                     await self.notify("notifications/cancelled", {"requestId": call.id, "reason": "cancelled"})
             raise
@@ -318,6 +320,35 @@ class Link:
         """The call a message from the backend is about: over HTTP, the one whose answer stream carried it."""
         return call
 
+    async def discover(self, *, required: bool) -> bool:
+        """Ask whether the backend speaks 2026-07-28; if it does, use it (no session, plain JSON answers)."""
+        self.protocol_version = MODERN
+        try:
+            result = await self.request("server/discover", timeouts=Timeouts(idle=30, total=30))
+        except BackendError:
+            if required:
+                raise
+            result = {}
+        if MODERN not in (result.get("supportedVersions") or []):
+            if required:
+                raise BackendError(-32022, f"the backend does not offer {MODERN}")
+            self.protocol_version = PROTOCOL_VERSION  # a 2025-era server: the handshake it is
+            return False
+        self.server_info = result.get("serverInfo") or {}
+        self.capabilities = result.get("capabilities") or {}
+        return True
+
+    async def subscribe(self) -> None:
+        """2026-07-28: `list_changed` comes on a `subscriptions/listen` request that stays open while we listen."""
+        wanted = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
+        with suppress(BackendError, LinkDown, Timeout):
+            await self.request("subscriptions/listen", {"notifications": wanted}, timeouts=Timeouts(math.inf, math.inf))
+
+    @property
+    def cancels_by_closing(self) -> bool:
+        """Whether ending our side of a request tells the backend it is cancelled (2026-07-28 over HTTP)."""
+        return False
+
     async def initialize(self) -> None:
         """The 2025-11-25 handshake: our capabilities out, the backend's info and capabilities back."""
         params = {"protocolVersion": PROTOCOL_VERSION, "capabilities": CLIENT_CAPABILITIES, "clientInfo": CLIENT_INFO}
@@ -347,6 +378,7 @@ class StdioLink(Link):
         env: Mapping[str, str],
         cwd: str | None,
         on_notification: NotificationHandler,
+        protocol: str = "auto",
     ) -> AsyncIterator[StdioLink]:
         # The backend gets a small base environment plus its own `env`: never the proxy's secrets.
         base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TMPDIR") if key in os.environ}
@@ -356,7 +388,12 @@ class StdioLink(Link):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(link.read_messages, tg)
                 tg.start_soon(link.read_stderr)
-                await link.initialize()
+                # Over stdio `auto` is the handshake: its session carries a backend's questions mid-call.
+                if protocol == MODERN:
+                    await link.discover(required=True)
+                    tg.start_soon(link.subscribe)
+                else:
+                    await link.initialize()
                 yield link
                 tg.cancel_scope.cancel()
         finally:
@@ -381,9 +418,8 @@ class StdioLink(Link):
 
     def owner(self, call: Call | None) -> Call | None:
         """Over stdio nothing marks which call a message is about; with one call in flight, it is that one."""
-        if call is None and len(self.calls) == 1:
-            return next(iter(self.calls.values()))
-        return call
+        in_flight = [c for c in self.calls.values() if not c.background] if call is None else []
+        return in_flight[0] if len(in_flight) == 1 else call
 
     async def deliver(self, message: Message, call: Call) -> None:
         await self.send(message, sent=False)
@@ -488,6 +524,8 @@ class HttpLink(Link):
             try:
                 if protocol == PROTOCOL_VERSION or not await link.discover(required=protocol == MODERN):
                     await link.start_session()
+                else:
+                    tg.start_soon(link.subscribe)
                 yield link
             finally:
                 link.close(link.reason or "stopped")
@@ -496,32 +534,16 @@ class HttpLink(Link):
                     if link.session_id:
                         await http.delete(url, headers={"mcp-session-id": link.session_id})
 
-    async def discover(self, *, required: bool) -> bool:
-        """Ask whether the backend speaks 2026-07-28; if it does, use it (no session, plain JSON answers)."""
-        self.protocol_version = MODERN
-        try:
-            result = await self.request("server/discover", timeouts=Timeouts(idle=30, total=30))
-        except BackendError:
-            if required:
-                raise
-            result = {}
-        if MODERN not in (result.get("supportedVersions") or []):
-            if required:
-                raise BackendError(-32022, f"the backend does not offer {MODERN}")
-            self.protocol_version = PROTOCOL_VERSION  # a 2025-era server: the handshake it is
-            return False
-        self.server_info = result.get("serverInfo") or {}
-        self.capabilities = result.get("capabilities") or {}
-        if self.tg is not None:
-            self.tg.start_soon(self.subscribe)
-        return True
-
     async def start_session(self) -> None:
         self.session_id = None
         self.generation += 1
         await self.initialize()
         if self.tg is not None and self.session_id is not None:
             self.tg.start_soon(self.listen, self.generation)
+
+    @property
+    def cancels_by_closing(self) -> bool:
+        return self.modern
 
     def headers(self, message: Message, session_id: str | None) -> dict[str, str]:
         headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}

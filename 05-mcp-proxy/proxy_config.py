@@ -176,9 +176,8 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     if pinning not in ("block", "warn", "off"):
         raise ConfigError(f"{path}.pinning: expected block, warn or off")
     protocol = option(entry, options, "protocolVersion", "auto")
-    if protocol not in PROTOCOLS or (command and protocol == "2026-07-28"):
-        allowed = "auto or 2025-11-25" if command else "auto, 2025-11-25 or 2026-07-28"
-        raise ConfigError(f"{path}.protocolVersion: expected {allowed}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{path}.protocolVersion: expected auto, 2025-11-25 or 2026-07-28")
     cwd = entry.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise ConfigError(f"{path}.cwd: expected a string")

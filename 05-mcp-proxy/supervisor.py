@@ -98,7 +98,9 @@ class Connection:
     def open_link(self) -> AbstractAsyncContextManager[Link]:
         backend = self.backend
         if backend.command:
-            return StdioLink.open(backend.name, backend.command, backend.args, backend.env, backend.cwd, self.notified)
+            return StdioLink.open(
+                backend.name, backend.command, backend.args, backend.env, backend.cwd, self.notified, backend.protocol
+            )
         assert backend.url is not None
         return HttpLink.open(backend.name, backend.url, backend.headers, self.notified, backend.protocol)
 

@@ -29,7 +29,11 @@ cancelled: list[str] = []
 
 
 async def tell_lists_changed(ctx: Context) -> None:
-    await ctx.request_context.session.send_tool_list_changed()
+    """Say so in the caller's era: on its 2025-11-25 session, or to 2026-07-28 `subscriptions/listen` streams."""
+    if ctx.request_context.protocol_version >= "2026":
+        await ctx.notify_tools_changed()
+    else:
+        await ctx.request_context.session.send_tool_list_changed()
 
 
 def echo(text: str) -> str:

@@ -90,8 +90,10 @@ def text(result: Any) -> str:
 # --- the live catalogue ----------------------------------------------------------------------
 
 
-async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all(tmp_path: Path) -> None:
-    with proxy_for(tmp_path, {"b": stdio_backend()}) as proxy:
+@pytest.mark.parametrize("protocol", ["2025-11-25", "2026-07-28"])
+async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all(tmp_path: Path, protocol: str) -> None:
+    # The backend tells the proxy on its 2025-11-25 session, or on the 2026-07-28 subscription the proxy holds.
+    with proxy_for(tmp_path, {"b": stdio_backend(protocolVersion=protocol)}) as proxy:
         events: list[object] = []
         legacy_events: list[object] = []
 
@@ -158,21 +160,23 @@ async def _without(client: Client, name: str) -> bool:
 
 
 async def test_progress_cancellation_and_questions_reach_the_client_that_called(tmp_path: Path) -> None:
-    # "s" over stdio and "old" over HTTP speak the 2025-11-25 handshake; "h" finds 2026-07-28 on the same server.
+    # "s" over stdio and "old" over HTTP speak the 2025-11-25 handshake; "h" finds 2026-07-28 on the same
+    # server, and "m" is told to speak 2026-07-28 over stdio.
     with (
         http_backend() as over_http,
         proxy_for(tmp_path, {
             "s": stdio_backend(),
             "h": {"url": over_http.url},
             "old": {"url": over_http.url, "protocolVersion": "2025-11-25"},
+            "m": stdio_backend(protocolVersion="2026-07-28"),
         }) as proxy,
     ):  # fmt: skip
         readyz = httpx2.get(proxy.base_url + "/readyz").json()["backends"]
         assert {name: b["protocol"] for name, b in readyz.items()} == {
-            "s": "2025-11-25", "h": "2026-07-28", "old": "2025-11-25"
+            "s": "2025-11-25", "h": "2026-07-28", "old": "2025-11-25", "m": "2026-07-28"
         }  # fmt: skip
         async with http_client(proxy.url) as client:
-            for server in ("s", "h", "old"):
+            for server in ("s", "h", "old", "m"):
                 seen: list[tuple[float, float | None, str | None]] = []
 
                 async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -184,7 +188,11 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
                 assert text(result) == "done"
                 assert seen == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
 
-            for server in ("s", "h"):  # cancelled: by notifications/cancelled, or (2026-07-28) by closing the stream
+            for server in (
+                "s",
+                "h",
+                "m",
+            ):  # cancelled by notifications/cancelled, or (2026-07-28 HTTP) closing the stream
                 before = len(await _structured(client, f"{server}__was_cancelled"))
                 with anyio.move_on_after(0.6):
                     await client.call_tool(f"{server}__slow", {"steps": 50, "delay": 0.1})
@@ -209,7 +217,7 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
                 ) as caller,
             ):  # fmt: skip
                 # A backend's log line about a call reaches the client that made the call, in either era.
-                for server in ("s", "h", "old"):
+                for server in ("s", "h", "old", "m"):
                     assert text(await caller.call_tool(f"{server}__chatty", {})) == "said"
                     assert logged, (mode, server)
                     assert logged.pop() == ("info", "working on it")
@@ -218,7 +226,7 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
                 # Asked in whichever era each side speaks. A 2025-11-25 caller is asked mid-call by the proxy. A
                 # 2026-07-28 caller gets input_required, answers and calls again: passed through from a 2026-07-28
                 # backend, and made by the proxy from a 2025-11-25 backend's question mid-call (the call parked).
-                for server in ("s", "h", "old"):
+                for server in ("s", "h", "old", "m"):
                     assert text(await caller.call_tool(f"{server}__ask_either_era", question)) == "accept: blue"
                 for server in ("s", "old"):  # a question mid-call, from a backend in a 2025-11-25 session
                     assert text(await caller.call_tool(f"{server}__ask", question)) == "accept: blue"
