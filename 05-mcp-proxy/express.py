@@ -166,7 +166,8 @@ class ExpressLane:
         reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
         status = 200
         started = time.perf_counter()
-        context = propagate.extract(meta)  # the caller's traceparent: our span joins its trace
+        # The caller's traceparent: our span joins its trace. (Most calls carry none: nothing to parse then.)
+        context = propagate.extract(meta) if propagate.get_global_textmap().fields & meta.keys() else None
         with tracer.start_as_current_span(
             f"tools/call {name}", kind=SpanKind.SERVER, context=context, attributes=attributes
         ) as span:
