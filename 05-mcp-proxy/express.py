@@ -67,6 +67,8 @@ tracer = trace.get_tracer(INSTRUMENTATION_NAME)
 
 
 class ExpressLane:
+    """ASGI middleware in front of the SDK's app: serve the plain calls it can, pass on everything else."""
+
     def __init__(
         self,
         app: ASGIApp,
