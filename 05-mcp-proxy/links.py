@@ -727,6 +727,9 @@ class SocketStream(httpcore2.AsyncNetworkStream):
     def __init__(self, stream: httpcore2.AsyncNetworkStream) -> None:
         self.stream = stream
         self.socket = stream.get_extra_info("socket")
+        self.poller = select.poll()
+        if self.socket is not None:
+            self.poller.register(self.socket, select.POLLIN)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 - httpcore2's API
         return await self.stream.read(max_bytes, timeout)
@@ -749,11 +752,7 @@ class SocketStream(httpcore2.AsyncNetworkStream):
         if info == "socket":
             return self.socket
         if info == "is_readable":  # readable while idle: the server closed it, and the read would say so
-            if self.socket is None or self.socket.fileno() < 0:
-                return True
-            poller = select.poll()
-            poller.register(self.socket, select.POLLIN)
-            return bool(poller.poll(0))
+            return self.socket is None or self.socket.fileno() < 0 or bool(self.poller.poll(0))
         return self.stream.get_extra_info(info)
 
 
