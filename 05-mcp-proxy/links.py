@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import re
 import select
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -54,6 +55,9 @@ STDERR_TAIL = 2000  # characters of a dead backend's last words kept for /readyz
 # listening stream is not cut off.
 HTTP_TIMEOUTS = {"timeout": {"connect": 30.0, "read": None, "write": 30.0, "pool": 30.0}}
 TRANSPORT_ERRORS = (httpcore2.NetworkError, httpcore2.ProtocolError, httpcore2.TimeoutException)
+CONNECT_ERRORS = (httpcore2.ConnectError, httpcore2.ConnectTimeout)  # the backend cannot be reached at all
+NOT_SENT = (*CONNECT_ERRORS, httpcore2.PoolTimeout)  # failures before a byte of the request left
+LINE_END = re.compile(rb"\r\n|\n|\r")
 
 Message = dict[str, Any]
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
@@ -575,7 +579,9 @@ class HttpLink(Link):
     def wire_headers(
         self, message: Message, session_id: str | None, extra: Mapping[str, str] | None = None
     ) -> list[tuple[bytes, bytes]]:
-        headers = {**self.configured, **(extra or {}), **self.headers(message, session_id)}
+        headers: dict[str, str] = {}
+        for layer in (self.configured, extra or {}, self.headers(message, session_id)):  # later layers win
+            headers.update((key.lower(), value) for key, value in layer.items())
         return [(key.encode(), value.encode()) for key, value in headers.items()]
 
     def stream(self, message: Message, headers: list[tuple[bytes, bytes]]) -> AbstractAsyncContextManager[Any]:
@@ -587,19 +593,28 @@ class HttpLink(Link):
         try:
             async with self.stream(message, self.wire_headers(message, session_id, call.headers)) as response:
                 status, kind = response.status, header(response, "content-type")
-                if status == 404 and session_id is not None:
-                    await self.renew(generation)
-                    raise LinkDown("the backend lost our session (it restarted?)", sent=False)
+                lost = status == 404 and session_id is not None
                 if message.get("method") == "initialize" and (session := header(response, "mcp-session-id")):
                     self.session_id = session
-                if status >= 400 and not (self.modern and kind.startswith(("application/json", "text/event"))):
+                if (
+                    not lost
+                    and status >= 400
+                    and not (self.modern and kind.startswith(("application/json", "text/event")))
+                ):
                     said = (await response.aread()).decode(errors="replace")[:200]
                     raise BackendError(-32603, f"HTTP {status} from the backend: {said}")
                 # (2026-07-28 gives a JSON-RPC error an HTTP status too; its body is the answer to pass on.)
-                await self.read_response(response, call)
-        except TRANSPORT_ERRORS as exc:
-            self.close(f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
-            raise LinkDown(self.reason, sent=not isinstance(exc, httpcore2.ConnectError)) from None
+                if not lost:
+                    await self.read_response(response, call)
+        except NOT_SENT as exc:  # nothing reached the backend: if it cannot be reached at all, the link is down
+            if isinstance(exc, CONNECT_ERRORS):
+                self.close(f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
+            raise LinkDown(f"{type(exc).__name__}: {exc}"[:300], sent=False) from None
+        except TRANSPORT_ERRORS as exc:  # this exchange broke; the next one finds out whether the backend did
+            raise LinkDown(f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__) from None
+        if lost:  # renewed only now, with this response's connection back in the pool
+            await self.renew(generation)
+            raise LinkDown("the backend lost our session (it restarted?)", sent=False)
         if not call.answered.is_set():
             call.settle({"error": {"code": -32603, "message": "the backend's answer stream ended without an answer"}})
 
@@ -616,8 +631,12 @@ class HttpLink(Link):
                 await self.dispatch(message, call)
         elif response.status != 202:
             content = await response.aread()
-            if content:
-                await self.dispatch(json.loads(content), call)
+            try:
+                message = json.loads(content) if content else None
+            except (ValueError, RecursionError):
+                not_json = {"code": -32603, "message": "the backend answered with something that is not JSON"}
+                message = {"id": call.id, "error": not_json} if call else None
+            await self.dispatch(message, call)
 
     async def dispatch(self, message: Any, call: Call | None) -> None:
         if not isinstance(message, dict):
@@ -650,8 +669,9 @@ class HttpLink(Link):
                 async with self.http.stream("GET", self.url, headers=headers, extensions=HTTP_TIMEOUTS) as response:
                     if response.status in (404, 405):
                         return  # no stream offered (or the session is gone, which the next call notices)
-                    delay = 0.5
-                    await self.read_response(response, None)
+                    if response.status < 400 and header(response, "content-type").startswith("text/event-stream"):
+                        delay = 0.5  # a stream: read it for as long as it lasts
+                        await self.read_response(response, None)
             except TRANSPORT_ERRORS:
                 pass
             await anyio.sleep(delay)
@@ -666,13 +686,13 @@ class HttpLink(Link):
                        "params": {"notifications": wanted, "_meta": self.envelope}}  # fmt: skip
             try:
                 async with self.stream(message, self.wire_headers(message, None)) as response:
-                    if response.status >= 400:
+                    if response.status >= 400 or not header(response, "content-type").startswith("text/event-stream"):
                         return  # no subscriptions offered: lists are as of the last listing
                     if not first:  # news may have been missed while the stream was down: look again
                         await self.on_notification("notifications/tools/list_changed", None)
                     first, delay = False, 0.5
                     await self.read_response(response, None)
-            except httpcore2.ConnectError as exc:
+            except CONNECT_ERRORS as exc:
                 self.close(f"{type(exc).__name__}: {exc}"[:300])  # the backend is down: say so, and reconnect
                 return
             except TRANSPORT_ERRORS:
@@ -691,27 +711,40 @@ def header(response: Any, name: str) -> str:
 
 
 async def sse_messages(chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:
-    """The JSON payloads of an SSE stream's `message` events (comments and pings skipped)."""
+    """The JSON payloads of an SSE stream's `message` events (comments, pings and an unfinished last event skipped)."""
     data: list[str] = []
     event = "message"
-    pending = b""
+    async for line in sse_lines(chunks):
+        if not line:
+            if data and event == "message":
+                with suppress(ValueError, RecursionError):
+                    yield json.loads("\n".join(data))
+            data, event = [], "message"
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+
+
+async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """Lines as SSE ends them (CRLF, LF or CR), however the chunks split them; each byte is looked at once."""
+    pending = bytearray()
+    scanned = 0  # `pending[:scanned]` holds no line end
     async for chunk in chunks:
         pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            line = raw.rstrip(b"\r").decode(errors="replace")
-            if not line:
-                if data and event == "message":
-                    with suppress(ValueError):
-                        yield json.loads("\n".join(data))
-                data, event = [], "message"
-            elif line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
-            elif line.startswith("event:"):
-                event = line[6:].strip()
-    if data and event == "message":
-        with suppress(ValueError):
-            yield json.loads("\n".join(data))
+        start = 0
+        while (end := LINE_END.search(pending, scanned)) is not None:
+            if end.group() == b"\r" and end.end() == len(pending):
+                scanned = end.start()  # a CR last in the chunk: an LF may follow in the next one
+                break
+            yield pending[start : end.start()].decode(errors="replace")
+            start = scanned = end.end()
+        else:
+            scanned = len(pending)
+        del pending[:start]
+        scanned -= start
+    if pending[scanned:] == b"\r":  # the stream ended right after a CR: that ended a line too
+        yield pending[:scanned].decode(errors="replace")
 
 
 class SocketStream(httpcore2.AsyncNetworkStream):

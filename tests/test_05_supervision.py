@@ -25,7 +25,15 @@ from mcp import Client, MCPError
 from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ToolListChangedNotification
-from mcp_types import ElicitRequestParams, ElicitResult, ErrorData, LoggingMessageNotificationParams
+from mcp_types import (
+    CallToolResult,
+    ElicitRequestParams,
+    ElicitResult,
+    ErrorData,
+    InputRequiredResult,
+    InputResponses,
+    LoggingMessageNotificationParams,
+)
 
 from tests.harness import (
     HTTP_TIMEOUT,
@@ -234,8 +242,25 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
                     with pytest.raises(MCPError, match="requestState names no call waiting for an answer"):
                         await caller.call_tool("s__ask", question, request_state="mcp-proxy.parked.made-up")
                     assert text(await caller.call_tool("s__ask", question)) == "accept: blue"
+                    await _a_wrong_retry_leaves_the_call_parked(caller, question)
                 with pytest.raises(MCPError, match="no back-channel"):
                     await caller.call_tool("h__ask", question)  # the backend itself cannot ask in 2026-07-28
+
+
+async def _a_wrong_retry_leaves_the_call_parked(caller: Client, question: dict[str, Any]) -> None:
+    """Driving the rounds by hand: a retry without the answer, or for another tool, does not lose the call."""
+    session = caller.session
+    asked = await session.call_tool("s__ask", question, allow_input_required=True)
+    assert isinstance(asked, InputRequiredResult) and asked.request_state is not None
+    with pytest.raises(MCPError, match=r"inputResponses\.question is missing"):
+        await session.call_tool("s__ask", question, request_state=asked.request_state, allow_input_required=True)
+    with pytest.raises(MCPError, match="requestState names no call waiting"):
+        await session.call_tool("s__echo", {"text": "x"}, request_state=asked.request_state, allow_input_required=True)
+    answer: InputResponses = {"question": ElicitResult(action="accept", content={"colour": "red"})}
+    done = await session.call_tool(
+        "s__ask", question, request_state=asked.request_state, input_responses=answer, allow_input_required=True
+    )
+    assert isinstance(done, CallToolResult) and text(done) == "accept: red"
 
 
 async def _grew(client: Client, tool: str, before: int) -> bool:
