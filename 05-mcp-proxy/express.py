@@ -37,6 +37,7 @@ from mcp.shared.inbound import (
     find_duplicated_routing_header,
 )
 from mcp.types import INTERNAL_ERROR, LOG_LEVEL_META_KEY
+from mcp_types.methods import validate_client_request
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.datastructures import Headers
@@ -57,6 +58,13 @@ from shared.telemetry import (
 MODERN = "2026-07-28"
 MAX_BODY = 1024 * 1024  # a larger call goes the SDK's way, with its own limit
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+PING_INTERVAL = 15.0  # seconds: as the SDK, a call silent this long turns its response into a pinged stream
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
 PLAIN_PARAMS = frozenset({"name", "arguments", "_meta"})  # anything more (answers to questions...) is the SDK's
 
 Item = Any  # whatever `route` finds a tool as, for `call` to make the call with
@@ -132,6 +140,10 @@ class ExpressLane:
             return None
         if not isinstance(classify_inbound_request(message, headers=dict(request.headers)), InboundModernRoute):
             return None  # the envelope or a routing header is wrong: the SDK says which
+        try:
+            validate_client_request("tools/call", MODERN, params)  # the shapes, as the SDK checks them
+        except ValueError:
+            return None
         item = self.route(name, request.scope)
         if item is None:
             return None
@@ -166,7 +178,7 @@ class ExpressLane:
             GEN_AI_TOOL_NAME: name,
         }
         reply: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
-        status = 200
+        status, streaming = 200, False
         started = time.perf_counter()
         # The caller's traceparent: our span joins its trace. (Most calls carry none: nothing to parse then.)
         context = propagate.extract(meta) if propagate.get_global_textmap().fields & meta.keys() else None
@@ -174,59 +186,92 @@ class ExpressLane:
             f"tools/call {name}", kind=SpanKind.SERVER, context=context, attributes=attributes
         ) as span:
             try:
-                result = await until_disconnect(receive, self.call(item, arguments, meta, request))
-                if result is None:
+                answered = await answer(self.call(item, arguments, meta, request), receive, send)
+                if answered is None:
                     return  # the caller went away; the call to the backend was cancelled with it
+                result, streaming = answered
                 if result.get("isError"):
                     metric[ERROR_TYPE] = "tool_error"
                     span.set_attribute(ERROR_TYPE, "tool_error")
                     span.set_status(StatusCode.ERROR)
                 stamp = {SERVER_INFO_KEY: self.server_info()}
                 reply["result"] = {**result, "_meta": {**(result.get("_meta") or {}), **stamp}}
-            except MCPError as exc:
-                code = str(exc.error.code)
-                metric[ERROR_TYPE] = code
-                span.set_attributes({ERROR_TYPE: code, "rpc.response.status_code": code})
-                span.set_status(StatusCode.ERROR, exc.error.message)
-                reply["error"] = exc.error.model_dump(by_alias=True, mode="json", exclude_none=True)
-                status = ERROR_CODE_HTTP_STATUS.get(exc.error.code, 200)
-            except Exception as exc:
-                metric[ERROR_TYPE] = type(exc).__qualname__
-                span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
-                span.record_exception(exc)
-                span.set_status(StatusCode.ERROR, str(exc))
-                reply["error"] = {"code": INTERNAL_ERROR, "message": "Internal error"}
-                status = ERROR_CODE_HTTP_STATUS.get(INTERNAL_ERROR, 500)
+            except Failed as failed:
+                streaming, status = failed.streaming, self.failed(failed.error, reply, metric, span)
+            except Exception as exc:  # a result we cannot stamp (its `_meta` is not an object): the backend's fault
+                status = self.failed(exc, reply, metric, span)
             finally:
                 self.duration.record(time.perf_counter() - started, metric)
         payload = json.dumps(reply, separators=(",", ":")).encode()
+        if streaming:  # the answer ends the event stream the pings began
+            await send({"type": "http.response.body", "body": b"event: message\r\ndata: " + payload + b"\r\n\r\n"})
+            return
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
+    @staticmethod
+    def failed(exc: Exception, reply: dict[str, Any], metric: dict[str, Any], span: trace.Span) -> int:
+        """The error reply the SDK would give, recorded on the span and the metric; returns the HTTP status."""
+        if isinstance(exc, MCPError):
+            code = str(exc.error.code)
+            metric[ERROR_TYPE] = code
+            span.set_attributes({ERROR_TYPE: code, "rpc.response.status_code": code})
+            span.set_status(StatusCode.ERROR, exc.error.message)
+            reply["error"] = exc.error.model_dump(by_alias=True, mode="json", exclude_none=True)
+            return ERROR_CODE_HTTP_STATUS.get(exc.error.code, 200)
+        # As the SDK answers what nobody expected: the details go to the span, not on the wire.
+        metric[ERROR_TYPE] = type(exc).__qualname__
+        span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
+        span.record_exception(exc)
+        span.set_status(StatusCode.ERROR, str(exc))
+        reply["error"] = {"code": INTERNAL_ERROR, "message": "Internal server error"}
+        return ERROR_CODE_HTTP_STATUS.get(INTERNAL_ERROR, 200)
 
-async def until_disconnect(receive: Receive, call: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The call's result, or None if the caller hung up first (which, in 2026-07-28, is how it cancels)."""
-    outcome: list[tuple[dict[str, Any] | None, BaseException | None]] = []
 
-    async def run() -> None:
-        try:
-            outcome.append((await call, None))
-        except Exception as exc:
-            outcome.append((None, exc))
-        tg.cancel_scope.cancel()
+class Failed(Exception):
+    """The call failed; `streaming` says whether the answer goes out as the last event of a stream."""
 
+    def __init__(self, error: Exception, streaming: bool) -> None:
+        super().__init__(str(error))
+        self.error, self.streaming = error, streaming
+
+
+async def answer(call: Awaitable[dict[str, Any]], receive: Receive, send: Send) -> tuple[dict[str, Any], bool] | None:
+    """The call's result, and whether the response became an event stream; None if the caller hung up first.
+
+    Hanging up is how a 2026-07-28 caller cancels, so it cancels the call. A call
+    still running after `PING_INTERVAL` commits the response to an event stream
+    and sends a keep-alive comment every interval, as the SDK does, so that an
+    intermediary with an idle timeout does not cut a long call off.
+    """
+    streaming = False
+
+    async def watch() -> None:
+        nonlocal streaming
+        while True:
+            with anyio.move_on_after(PING_INTERVAL):
+                if (await receive())["type"] == "http.disconnect":
+                    tg.cancel_scope.cancel()
+                    return
+                continue
+            if not streaming:
+                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                streaming = True
+            await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+
+    outcome: tuple[dict[str, Any], bool] | None = None
+    error: Exception | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        tg.start_soon(watch)
+        try:
+            outcome = (await call, False)
+        except Exception as exc:
+            error = exc
         tg.cancel_scope.cancel()
-    if not outcome:
-        return None
-    result, error = outcome[0]
     if error is not None:
-        raise error
-    return result
+        raise Failed(error, streaming)
+    return (outcome[0], streaming) if outcome is not None else None
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -39,9 +39,15 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 def call(
-    proxy: ServerProcess, name: str, arguments: Any, *, progress: bool = False, headers: dict[str, str] | None = None
+    proxy: ServerProcess,
+    name: str,
+    arguments: Any,
+    *,
+    progress: bool = False,
+    headers: dict[str, str] | None = None,
+    envelope: dict[str, Any] | None = None,
 ) -> httpx2.Response:
-    meta = {**ENVELOPE, **({"progressToken": "p1"} if progress else {})}
+    meta = {**ENVELOPE, **(envelope or {}), **({"progressToken": "p1"} if progress else {})}
     body = {
         "jsonrpc": "2.0",
         "id": 7,
@@ -56,7 +62,7 @@ def call(
         "mcp-name": name,
         **(headers or {}),
     }
-    return httpx2.post(proxy.url, content=json.dumps(body), headers=sent, timeout=30)
+    return httpx2.post(proxy.url, content=json.dumps(body), headers=sent, timeout=60)
 
 
 def answer(response: httpx2.Response) -> tuple[int, Any]:
@@ -85,6 +91,28 @@ def test_the_express_lane_answers_as_the_sdks_path_does(proxy: ServerProcess, na
     assert express[1]["id"] == 7
     if "result" in express[1]:
         assert express[1]["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "mcp-proxy"
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        {"io.modelcontextprotocol/clientCapabilities": "not an object"},
+        {"io.modelcontextprotocol/clientInfo": 5},
+        {"io.modelcontextprotocol/clientCapabilities": {"elicitation": 5}},
+    ],
+)
+def test_a_malformed_envelope_gets_the_sdks_answer(proxy: ServerProcess, envelope: dict[str, Any]) -> None:
+    express = answer(call(proxy, "h__echo", {"text": "x"}, envelope=envelope))
+    assert express == answer(call(proxy, "h__echo", {"text": "x"}, envelope=envelope, progress=True))
+    assert express[0] == 400 and express[1]["error"]["code"] == -32602
+
+
+def test_a_long_call_on_the_lane_keeps_its_connection_alive_as_the_sdk_does(proxy: ServerProcess) -> None:
+    # Silent for longer than the 15 s after which the SDK turns a response into an event stream with pings.
+    response = call(proxy, "h__slow", {"steps": 1, "delay": 16})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert ": ping" in response.text
+    assert answer(response)[1]["result"]["content"][0]["text"] == "done"
 
 
 def test_what_the_lane_must_not_take_gets_the_sdks_refusal(proxy: ServerProcess) -> None:
