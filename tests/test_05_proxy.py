@@ -25,6 +25,7 @@ from tests.harness import (
 
 FOLDER = "05-mcp-proxy"
 proxy_config = load_sibling(FOLDER, "proxy_config")
+links = load_sibling(FOLDER, "links")
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +206,24 @@ async def test_prompts_and_resources_come_through_too(proxied: ServerProcess) ->
     assert uris == ["workshop://about", "telemetry://recent-spans"]  # as each backend wrote them
     assert about.contents[0].text.startswith("# basic-mcp")  # type: ignore[union-attr]
     assert unknown.value.error.code == -32602
+
+
+# --- reading a backend's event stream ---------------------------------------------------------------
+
+
+async def _events(chunks: list[bytes]) -> list[Any]:
+    async def arriving() -> Any:
+        for chunk in chunks:
+            yield chunk
+
+    return [message async for message in links.sse_messages(arriving())]
+
+
+async def test_an_event_stream_is_read_however_it_is_cut_and_whatever_ends_its_lines() -> None:
+    event = b'event: message\r\ndata: {"a":1}\r\n\r\n'
+    for cut in range(1, len(event)):  # a CRLF split across two chunks included
+        assert await _events([event[:cut], event[cut:]]) == [{"a": 1}]
+    assert await _events([b'data: {"b":2}\r\r']) == [{"b": 2}]  # CR alone ends a line too
+    assert await _events([b'data: {"c":\ndata: 3}\n\n: ping\n\n']) == [{"c": 3}]  # two data lines, a comment
+    assert await _events([b'data: {"d":4}\n\n', b'data: {"e":5}\n']) == [{"d": 4}]  # an unfinished event is dropped
+    assert await _events([b"event: other\ndata: {}\n\n", b"data: not json\n\n"]) == []
