@@ -195,6 +195,7 @@ class Link:
         such results itself.
         """
         body: Message = dict(params or {})
+        wait = 0.05  # after a round that brought only state, as the SDK's client does: doubling, up to 0.25 s
         for _ in range(MAX_INPUT_ROUNDS):
             result = await self.exchange(
                 method, body, progress=progress, relay=relay, on_log=on_log, timeouts=timeouts, headers=headers
@@ -202,7 +203,13 @@ class Link:
             if result.get("resultType") != "input_required" or relay is None or pass_input_required:
                 return result
             body = {key: value for key, value in body.items() if key not in ("inputResponses", "requestState")}
-            body.update(await self.fulfil(result, relay))
+            retry = await self.fulfil(result, relay)
+            if "inputResponses" in retry:
+                wait = 0.05
+            else:  # only state came back: the backend is still working on it
+                await anyio.sleep(wait)
+                wait = min(wait * 2, 0.25)
+            body.update(retry)
         raise BackendError(-32603, f"the backend asked for input more than {MAX_INPUT_ROUNDS} times")
 
     async def fulfil(self, result: Message, relay: Relay) -> Message:
@@ -215,8 +222,6 @@ class Link:
                 answers[key] = {"roots": []}
             else:
                 answers[key] = await relay(str(question.get("method")), question.get("params"))
-        if not answers:
-            await anyio.sleep(0.05)  # only state came back: the backend is still working on it
         retry: Message = {"inputResponses": answers} if answers else {}
         if "requestState" in result:
             retry["requestState"] = result["requestState"]  # opaque: passed back exactly as it came
