@@ -121,6 +121,8 @@ class Connection:
                     self.on_change(self)
                     log.info("backend up", backend=self.backend.name, pid=link.pid, tools=len(self.items["tools"]))
                     await link.closed.wait()
+                    # From now on a call waits for the restart rather than finding the broken link.
+                    self.link, self.ready = None, anyio.Event()
                     self.error = link.reason
                     tg.cancel_scope.cancel()
             except Exception as exc:  # whatever went wrong is this backend's state, not the proxy's
@@ -232,7 +234,7 @@ class Connection:
 
     async def wait_ready(self, patience: float = 10.0) -> Link:
         """The live link; while a restart is under way, wait for it a little."""
-        if self.link is None and self.state in ("starting", "restarting"):
+        if self.link is None and self.state in ("starting", "restarting", "up"):  # "up": it just broke
             with anyio.move_on_after(patience):
                 await self.ready.wait()
         if self.link is None:
