@@ -88,7 +88,8 @@ class ExpressLane:
         server_info: Callable[[], dict[str, Any]],
         duration: metrics.Histogram,
     ) -> None:
-        self.app, self.path, self.security = app, path, security
+        self.app, self.path = app, path
+        self.security = TransportSecurityMiddleware(security)  # the SDK's Host and Origin check, made once
         self.route, self.call, self.server_info, self.duration = route, call, server_info, duration
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,7 +117,7 @@ class ExpressLane:
         self, request: Request, body: bytes
     ) -> tuple[int | str, str, dict[str, Any], dict[str, Any], Item] | None:
         """The call, if it is one for the express lane; None sends the request on to the SDK."""
-        if await TransportSecurityMiddleware(self.security).validate_request(request, is_post=True) is not None:
+        if await self.security.validate_request(request, is_post=True) is not None:
             return None  # DNS-rebinding protection: the SDK refuses it, in its words
         if check_accept_headers(request) != (True, True):
             return None

@@ -49,6 +49,14 @@ MAX_INPUT_ROUNDS = 10  # a backend that keeps asking for input is given up on af
 CLIENT_INFO = {"name": "mcp-workshop-proxy", "version": "1.0.0"}
 # What the proxy can do for a backend: pass its questions on to the client that made the call.
 CLIENT_CAPABILITIES = {"elicitation": {"form": {}}, "sampling": {}, "roots": {"listChanged": False}}
+# What every 2026-07-28 request carries in `_meta`, in place of a handshake.
+ENVELOPE = {
+    PROTOCOL_VERSION_META_KEY: MODERN,
+    CLIENT_CAPABILITIES_META_KEY: CLIENT_CAPABILITIES,
+    CLIENT_INFO_META_KEY: CLIENT_INFO,
+}
+# The news a 2026-07-28 `subscriptions/listen` asks for: every list that can change.
+LIST_CHANGES = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
 MAX_LINE = 16 * 1024 * 1024  # one JSON-RPC message over stdio
 STDERR_TAIL = 2000  # characters of a dead backend's last words kept for /readyz
 # A call's time is bounded by `Timeouts`, not by the socket: no read timeout, so a long call or an idle
@@ -156,15 +164,6 @@ class Link:
     def modern(self) -> bool:
         return self.protocol_version == MODERN
 
-    @property
-    def envelope(self) -> Message:
-        """What every 2026-07-28 request carries in `_meta`, in place of a handshake."""
-        return {
-            PROTOCOL_VERSION_META_KEY: MODERN,
-            CLIENT_CAPABILITIES_META_KEY: CLIENT_CAPABILITIES,
-            CLIENT_INFO_META_KEY: CLIENT_INFO,
-        }
-
     def close(self, reason: str) -> None:
         """Mark the link broken and fail every call still waiting on it."""
         if self.closed.is_set():
@@ -249,7 +248,7 @@ class Link:
         # restarts the idle clock, and `Call.progress` passes it on with the client's token if it asked.
         meta["progressToken"] = call.id
         if self.modern:
-            meta.update(self.envelope)
+            meta.update(ENVELOPE)
         if meta:
             body["_meta"] = meta
         else:
@@ -355,9 +354,10 @@ class Link:
 
     async def subscribe(self) -> None:
         """2026-07-28: `list_changed` comes on a `subscriptions/listen` request that stays open while we listen."""
-        wanted = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
         with suppress(BackendError, LinkDown, Timeout):
-            await self.request("subscriptions/listen", {"notifications": wanted}, timeouts=Timeouts(math.inf, math.inf))
+            await self.request(
+                "subscriptions/listen", {"notifications": LIST_CHANGES}, timeouts=Timeouts(math.inf, math.inf)
+            )
 
     @property
     def cancels_by_closing(self) -> bool:
@@ -443,7 +443,7 @@ class StdioLink(Link):
         await self.send({"jsonrpc": "2.0", "method": method, **({"params": dict(params)} if params else {})})
 
     async def send(self, message: Message, *, sent: bool = True) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        data = encode(message) + b"\n"
         try:
             async with self.write_lock:
                 assert self.process.stdin is not None
@@ -590,8 +590,7 @@ class HttpLink(Link):
         return [(key.encode(), value.encode()) for key, value in headers.items()]
 
     def stream(self, message: Message, headers: list[tuple[bytes, bytes]]) -> AbstractAsyncContextManager[Any]:
-        body = json.dumps(message, separators=(",", ":")).encode()
-        return self.http.stream("POST", self.url, headers=headers, content=body, extensions=HTTP_TIMEOUTS)
+        return self.http.stream("POST", self.url, headers=headers, content=encode(message), extensions=HTTP_TIMEOUTS)
 
     async def deliver(self, message: Message, call: Call) -> None:
         generation, session_id = self.generation, self.session_id
@@ -651,11 +650,10 @@ class HttpLink(Link):
             await self.post(answer)
 
     async def post(self, message: Message) -> None:
-        body = json.dumps(message, separators=(",", ":")).encode()
         headers = self.wire_headers(message, self.session_id)
         try:
             response = await self.http.request(
-                "POST", self.url, headers=headers, content=body, extensions=HTTP_TIMEOUTS
+                "POST", self.url, headers=headers, content=encode(message), extensions=HTTP_TIMEOUTS
             )
         except TRANSPORT_ERRORS as exc:
             raise LinkDown(f"{type(exc).__name__}: {exc}") from None
@@ -685,10 +683,9 @@ class HttpLink(Link):
     async def subscribe(self) -> None:
         """2026-07-28: a `subscriptions/listen` stream carries `list_changed`; held open, reopened when it drops."""
         delay, first = 0.5, True
-        wanted = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
         while not self.closed.is_set():
             message = {"jsonrpc": "2.0", "id": next(self.ids), "method": "subscriptions/listen",
-                       "params": {"notifications": wanted, "_meta": self.envelope}}  # fmt: skip
+                       "params": {"notifications": LIST_CHANGES, "_meta": ENVELOPE}}  # fmt: skip
             try:
                 async with self.stream(message, self.wire_headers(message, None)) as response:
                     if response.status >= 400 or not header(response, "content-type").startswith("text/event-stream"):
@@ -704,6 +701,10 @@ class HttpLink(Link):
                 pass
             await anyio.sleep(delay)
             delay = min(delay * 2, 10)
+
+
+def encode(message: Message) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
 
 
 def header(response: Any, name: str) -> str:

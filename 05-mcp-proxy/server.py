@@ -236,14 +236,16 @@ class Proxy:
         item = self.catalogue["tools"].get(tool)
         return item.public.get("inputSchema") if item is not None else None
 
+    def lookup(self, kind: str, name: str, allowed: frozenset[str] | None) -> Item | None:
+        """The item clients know by `name`, if the caller's token opens its backend (`allowed`; None: all)."""
+        item = self.catalogue[kind].get(name)
+        return item if item is not None and (allowed is None or item.owner.backend.name in allowed) else None
+
     def express_route(self, name: str, scope: Scope) -> Item | None:
         """The tool, if a call to it may take the express lane: its backend speaks 2026-07-28 (so it cannot ask
         a question mid-call) and it mirrors no argument in a header (which the SDK checks)."""
-        item = self.catalogue["tools"].get(name)
-        allowed = scope.get("state", {}).get(SCOPE_KEY)
-        if item is None or (allowed is not None and item.owner.backend.name not in allowed):
-            return None
-        return item if item.owner.modern and not item.header_params else None
+        item = self.lookup("tools", name, opened(scope))
+        return item if item is not None and item.owner.modern and not item.header_params else None
 
     def visible(self, kind: str, servers: frozenset[str] | None) -> list[Message]:
         return [
@@ -301,6 +303,12 @@ class Proxy:
             self.apply(config)
 
 
+def opened(scope: Scope) -> frozenset[str] | None:
+    """Which backends the front door found the caller's token opens (None: all of them)."""
+    allowed: frozenset[str] | None = scope.get("state", {}).get(SCOPE_KEY)
+    return allowed
+
+
 def mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -349,13 +357,10 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
 
     def servers(ctx: ServerRequestContext[Proxy]) -> frozenset[str] | None:
         """Which backends the caller's token opens (None: all of them)."""
-        request = ctx.request if isinstance(ctx.request, Request) else None
-        return request.scope.get("state", {}).get(SCOPE_KEY) if request is not None else None
+        return opened(ctx.request.scope) if isinstance(ctx.request, Request) else None
 
     def find(ctx: ServerRequestContext[Proxy], kind: str, name: str) -> Item | None:
-        item = ctx.lifespan_context.catalogue[kind].get(name)
-        allowed = servers(ctx)
-        return item if item is not None and (allowed is None or item.owner.backend.name in allowed) else None
+        return ctx.lifespan_context.lookup(kind, name, servers(ctx))
 
     async def list_tools(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
         ctx.lifespan_context.remember(ctx)
@@ -549,9 +554,10 @@ async def forward(
 ) -> Message:
     """Send one request to its backend as a plain dict, with what belongs to this call, and clean up the answer."""
     asked = ctx.params or {}
+    caller_meta = asked.get("_meta") or {}
     modern_caller = ctx.session.protocol_version >= "2026"
-    meta = outgoing_meta(asked.get("_meta") or {}, modern_caller)
-    wants_progress = "progressToken" in (asked.get("_meta") or {})
+    meta = outgoing_meta(caller_meta, modern_caller)
+    wants_progress = "progressToken" in caller_meta
     # A 2026-07-28 caller answers a backend's `input_required` itself and sends the request again with the
     # answers: they go through untouched. A 2025-11-25 caller is asked by the proxy (`relay`) instead.
     # (A requestState of the proxy's own names a parked call; see below. It is never sent to a backend.)
@@ -567,30 +573,27 @@ async def forward(
                 data, logger = message.get("data"), message.get("logger")
                 await now.session.send_log_message(cast(LoggingLevel, level), data, logger, now.request_id)
 
-        try:
-            return await connection.request(
-                method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
-                progress=progress if wants_progress else None, relay=relay, on_log=log_message, headers=headers,
-                pass_input_required=modern_caller,
-            )  # fmt: skip
-        except BackendError as exc:
-            raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
+        return await connection.request(
+            method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
+            progress=progress if wants_progress else None, relay=relay, on_log=log_message, headers=headers,
+            pass_input_required=modern_caller,
+        )  # fmt: skip
 
     headers = backend_headers(connection, ctx.request if isinstance(ctx.request, Request) else None, extra_headers)
-    if modern_caller and not connection.modern:
-        # A 2025-11-25 backend may ask a question mid-call; this caller can only be asked by an `input_required`
-        # result. The call is parked while the caller answers (parking.py). (A 2026-07-28 backend asks by an
-        # `input_required` result of its own, which goes to the caller as it is.)
-        proxy, target = ctx.lifespan_context, (method, str(params.get("name") or params.get("uri")))
-        assert proxy.tg is not None
-        try:
+    try:
+        if modern_caller and not connection.modern:
+            # A 2025-11-25 backend may ask a question mid-call; this caller can only be asked by an
+            # `input_required` result. The call is parked while the caller answers (parking.py). (A 2026-07-28
+            # backend asks by an `input_required` result of its own, which goes to the caller as it is.)
+            proxy, target = ctx.lifespan_context, (method, str(params.get("name") or params.get("uri")))
+            assert proxy.tg is not None
             result = await proxy.parking.call(
                 proxy.tg, target, params, ctx, lambda parked: send(parked.ask, lambda: parked.waiter)
             )
-        except BackendError as exc:
-            raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
-    else:
-        result = await send(lambda asked, asked_params: ask_client(ctx, asked, asked_params), lambda: ctx)
+        else:
+            result = await send(lambda asked, asked_params: ask_client(ctx, asked, asked_params), lambda: ctx)
+    except BackendError as exc:
+        raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
     return cleaned(result)
 
 
