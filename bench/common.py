@@ -26,12 +26,17 @@ REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = httpx2.Timeout(30, read=300)
 
 
-def arguments(description: str) -> argparse.Namespace:
-    """The knobs every benchmark has: how many rounds, how long each, how many clients at once."""
+def arguments(description: str, extra: Sequence[tuple[str, str]] = ()) -> argparse.Namespace:
+    """The knobs every benchmark has: how many rounds, how long each, how many clients at once.
+
+    `extra` adds on/off flags of a benchmark's own, as (flag, help) pairs.
+    """
     parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    for flag, help_text in extra:
+        parser.add_argument(flag, action="store_true", help=help_text)
     return parser.parse_args()
 
 
@@ -117,16 +122,21 @@ def race(contenders: Sequence[Contender], rounds: int, seconds: float, concurren
             c.rates.append(calls / (time.monotonic() - started))
             c.cpu_ms.append((cpu_seconds(c.process.pid) - cpu_before) * 1000 / max(calls, 1))
             print(
-                f"round {round_number}: {c.name:<12} {c.rates[-1]:8.1f} calls/s, server CPU {c.cpu_ms[-1]:.2f} ms/call"
+                f"round {round_number}: {c.name:<16} {c.rates[-1]:8.1f} calls/s, server CPU {c.cpu_ms[-1]:.2f} ms/call"
             )
+
+
+def ratio(candidate: Contender, baseline: Contender) -> float:
+    """The candidate's median throughput over the baseline's."""
+    return statistics.median(candidate.rates) / statistics.median(baseline.rates)
 
 
 def report(baseline: Contender, candidate: Contender, goal: float) -> float:
     """Print the medians and the ratio; returns the ratio."""
-    base, cand = statistics.median(baseline.rates), statistics.median(candidate.rates)
-    for c, rate in ((baseline, base), (candidate, cand)):
-        print(f"{c.name:<12} {rate:8.1f} calls/s, server CPU {statistics.median(c.cpu_ms):.2f} ms/call (medians)")
-    ratio = cand / base
-    print(f"{candidate.name} / {baseline.name} throughput: {ratio:.1%} (goal: at least {goal:.0%}) -> "
-          f"{'met' if ratio >= goal else 'NOT met'}")  # fmt: skip
-    return ratio
+    for c in (baseline, candidate):
+        rate, cpu_ms = statistics.median(c.rates), statistics.median(c.cpu_ms)
+        print(f"{c.name:<16} {rate:8.1f} calls/s, server CPU {cpu_ms:.2f} ms/call (medians)")
+    measured = ratio(candidate, baseline)
+    print(f"{candidate.name} / {baseline.name} throughput: {measured:.1%} (goal: at least {goal:.0%}) -> "
+          f"{'met' if measured >= goal else 'NOT met'}")  # fmt: skip
+    return measured

@@ -35,8 +35,8 @@ from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -99,19 +99,21 @@ class LogSpanExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-class RecentSpans(SpanExporter):
+class RecentSpans(SpanProcessor):
     """The last `size` finished spans, newest last: a tracing backend small enough to live in the server.
 
-    Spans are kept as they are and summarised only when someone reads them:
-    this runs for every span, the reading rarely.
+    A span processor, not an exporter: it runs for every span, on the request's
+    own path, so it only appends to a bounded deque (an exporter would need a
+    processor around it that switches the context per span). Spans are
+    summarised only when someone reads them, which is rare.
     """
 
     def __init__(self, size: int = 50) -> None:
         self._spans: deque[ReadableSpan] = deque(maxlen=size)
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self._spans.extend(spans)
-        return SpanExportResult.SUCCESS
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context.trace_flags.sampled:  # as an exporter would see it: only what sampling kept
+            self._spans.append(span)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [span_summary(span) for span in list(self._spans)]
@@ -178,7 +180,7 @@ def setup_telemetry(
     resource = Resource.create({} if "OTEL_SERVICE_NAME" in env else {SERVICE_NAME: service_name})
     telemetry = Telemetry(enabled=True, recent=recent or RecentSpans())
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(SimpleSpanProcessor(telemetry.recent))  # a deque append: cheap
+    tracer_provider.add_span_processor(telemetry.recent)
     exporter = build_span_exporter(env)
     if exporter is not None:
         # Batching keeps export (a log write, a network call) off the request path.
