@@ -55,19 +55,20 @@ def remember_secret(secret: str) -> str:
     return secret
 
 
-def load_server(folder: str) -> ModuleType:
-    """Import `<folder>/server.py` under a name of its own, once.
+def load_server(folder: str, script: str = "server.py") -> ModuleType:
+    """Import `<folder>/server.py` (or another script of the module) under a name of its own, once.
 
     The folder goes on sys.path, as it does when the file runs as a script, so
     the server can import the files beside it; give those names that no other
-    module uses (`demo_tokens.py`, not `tokens.py`).
+    module uses (`demo_tokens.py`, not `tokens.py`). Scripts that several
+    modules have (`client.py`) get the folder in their name here.
     """
-    name = "workshop_" + folder.replace("-", "_")
+    name = "workshop_" + folder.replace("-", "_") + ("" if script == "server.py" else "_" + script.removesuffix(".py"))
     if name in sys.modules:
         return sys.modules[name]
     if str(REPO / folder) not in sys.path:
         sys.path.insert(0, str(REPO / folder))
-    spec = importlib.util.spec_from_file_location(name, REPO / folder / "server.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / script)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -29,7 +29,7 @@ from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata, OAuthToken
 from pydantic import AnyUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -365,27 +365,14 @@ def test_tokens_not_issued_for_this_server_are_refused(stack: Stack) -> None:
     assert post_mcp(stack, "not-a-jwt").status_code == 401
 
 
-class MemoryStorage:
-    """Token storage for the SDK's OAuth client, in memory (client.py keeps it in a file)."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
+class MemoryStorage(load_server(FOLDER, "client.py").MemoryTokenStorage):  # type: ignore[misc]
+    """client.py's in-memory token storage, telling the log check which tokens to look for."""
 
     async def set_tokens(self, tokens: OAuthToken) -> None:
         remember_secret(tokens.access_token)
         if tokens.refresh_token:
             remember_secret(tokens.refresh_token)
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
+        await super().set_tokens(tokens)
 
 
 class HeadlessBrowser:
