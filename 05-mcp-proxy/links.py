@@ -159,6 +159,8 @@ class Link:
         self.capabilities: Message = {}
         self.pid: int | None = None
         self.protocol_version = PROTOCOL_VERSION
+        self.following: frozenset[str] = frozenset()  # resource URIs clients want `resources/updated` about
+        self.listening: anyio.CancelScope | None = None  # the 2026-07-28 listen stream, to reopen with a new filter
 
     @property
     def modern(self) -> bool:
@@ -354,10 +356,47 @@ class Link:
 
     async def subscribe(self) -> None:
         """2026-07-28: `list_changed` comes on a `subscriptions/listen` request that stays open while we listen."""
-        with suppress(BackendError, LinkDown, Timeout):
-            await self.request(
-                "subscriptions/listen", {"notifications": LIST_CHANGES}, timeouts=Timeouts(math.inf, math.inf)
-            )
+        while not self.closed.is_set():
+            self.listening = scope = anyio.CancelScope()
+            with scope, suppress(BackendError, LinkDown, Timeout):
+                forever = Timeouts(math.inf, math.inf)
+                await self.request("subscriptions/listen", {"notifications": self.listen_filter()}, timeouts=forever)
+            if not scope.cancel_called:
+                return  # the backend ended it: as of the last listing
+            # `follow` closed it on purpose (the cancellation tells the backend): reopen with the new filter
+
+    def listen_filter(self) -> Message:
+        """What our 2026-07-28 listen stream asks for: every list change, and the resources clients follow."""
+        if not self.following:
+            return LIST_CHANGES
+        return {**LIST_CHANGES, "resourceSubscriptions": sorted(self.following)}
+
+    async def follow(self, uris: frozenset[str]) -> None:
+        """Ask the backend for `notifications/resources/updated` about exactly these resources, no more.
+
+        In 2026-07-28 the URIs are part of the listen stream's filter, so the
+        stream is reopened with the new one. In 2025-11-25 each is a
+        `resources/subscribe` (or `unsubscribe`) on our session, if the backend
+        says it supports them.
+        """
+        before, self.following = self.following, uris
+        if uris == before:
+            return
+        if self.modern:
+            if self.listening is not None:
+                self.listening.cancel()
+            return
+        if not (self.capabilities.get("resources") or {}).get("subscribe"):
+            return
+        for method, changed in (("resources/unsubscribe", before - uris), ("resources/subscribe", uris - before)):
+            for uri in sorted(changed):
+                try:
+                    await self.request(method, {"uri": uri}, timeouts=Timeouts(idle=30, total=30))
+                except LinkDown:
+                    return  # the supervisor reconnects, and follows them all again on the new link
+                except (BackendError, Timeout) as exc:
+                    log.warning("backend refused a resource subscription", backend=self.name, uri=uri,
+                                method=method, error=str(exc))  # fmt: skip
 
     @property
     def cancels_by_closing(self) -> bool:
@@ -681,24 +720,32 @@ class HttpLink(Link):
             delay = min(delay * 2, 10)
 
     async def subscribe(self) -> None:
-        """2026-07-28: a `subscriptions/listen` stream carries `list_changed`; held open, reopened when it drops."""
-        delay, first = 0.5, True
+        """2026-07-28: a `subscriptions/listen` stream carries `list_changed` and the `resources/updated` we follow;
+        held open, reopened when it drops, and at once when `follow` changes the filter."""
+        delay, dropped = 0.5, False
         while not self.closed.is_set():
             message = {"jsonrpc": "2.0", "id": next(self.ids), "method": "subscriptions/listen",
-                       "params": {"notifications": LIST_CHANGES, "_meta": ENVELOPE}}  # fmt: skip
+                       "params": {"notifications": self.listen_filter(), "_meta": ENVELOPE}}  # fmt: skip
+            self.listening = scope = anyio.CancelScope()
             try:
-                async with self.stream(message, self.wire_headers(message, None)) as response:
-                    if response.status >= 400 or not header(response, "content-type").startswith("text/event-stream"):
-                        return  # no subscriptions offered: lists are as of the last listing
-                    if not first:  # news may have been missed while the stream was down: look again
-                        await self.on_notification("notifications/tools/list_changed", None)
-                    first, delay = False, 0.5
-                    await self.read_response(response, None)
+                with scope:
+                    async with self.stream(message, self.wire_headers(message, None)) as response:
+                        if response.status >= 400 or not header(response, "content-type").startswith(
+                            "text/event-stream"
+                        ):
+                            return  # no subscriptions offered: lists are as of the last listing
+                        if dropped:  # news may have been missed while the stream was down: look again
+                            await self.on_notification("notifications/tools/list_changed", None)
+                        dropped, delay = False, 0.5
+                        await self.read_response(response, None)
             except CONNECT_ERRORS as exc:
                 self.close(f"{type(exc).__name__}: {exc}"[:300])  # the backend is down: say so, and reconnect
                 return
             except TRANSPORT_ERRORS:
                 pass
+            if scope.cancel_called:
+                continue  # closed by `follow`, not dropped: reopen at once, with the new filter
+            dropped = True
             await anyio.sleep(delay)
             delay = min(delay * 2, 10)
 

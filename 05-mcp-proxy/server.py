@@ -18,7 +18,7 @@ import hmac
 import os
 import sys
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,11 +38,12 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mcp.shared.message import ServerMessageMetadata
-from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp.types import (
     INVALID_PARAMS,
     LOG_LEVEL_META_KEY,
+    METHOD_NOT_FOUND,
     CallToolRequestParams,
     CreateMessageRequest,
     CreateMessageResult,
@@ -52,6 +53,10 @@ from mcp.types import (
     LoggingLevel,
     PaginatedRequestParams,
     ReadResourceRequestParams,
+    SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+    UnsubscribeRequestParams,
 )
 from opentelemetry import metrics, propagate
 from parking import ParkingLot
@@ -118,6 +123,10 @@ class Proxy:
     reported: set[str] = field(default_factory=set)  # pin violations already logged
     bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     sessions: OrderedDict[str, ServerSession] = field(default_factory=OrderedDict)  # 2025-11-25 clients
+    # Who follows which resource URI: 2025-11-25 sessions by `resources/subscribe`, and how many 2026-07-28
+    # listen streams name it. The backends are asked for updates about exactly the URIs someone follows.
+    followers: dict[str, OrderedDict[str, ServerSession]] = field(default_factory=dict)
+    listeners: Counter[str] = field(default_factory=Counter)
     changed_kinds: set[str] = field(default_factory=set)
     changed: anyio.Event = field(default_factory=anyio.Event)
     parking: ParkingLot = field(default_factory=ParkingLot)
@@ -126,7 +135,7 @@ class Proxy:
     # --- the backends ------------------------------------------------------------------------
 
     def start(self, backend: Backend) -> None:
-        connection = Connection(backend, self.rebuild)
+        connection = Connection(backend, self.rebuild, self.updated)
         scope = anyio.CancelScope()
         self.connections[backend.name], self.scopes[backend.name] = connection, scope
 
@@ -241,6 +250,17 @@ class Proxy:
         item = self.catalogue[kind].get(name)
         return item if item is not None and (allowed is None or item.owner.backend.name in allowed) else None
 
+    def resource(self, uri: str, allowed: frozenset[str] | None) -> Item | None:
+        """The resource a URI names, listed or described by a template, if the caller's token opens its backend."""
+        item = self.lookup("resources", uri, allowed)
+        if item is None:
+            item = next(
+                (i for t, i in self.templates
+                 if (allowed is None or i.owner.backend.name in allowed) and t.match(uri) is not None),
+                None,
+            )  # fmt: skip
+        return item
+
     def express_route(self, name: str, scope: Scope) -> Item | None:
         """The tool, if a call to it may take the express lane: its backend speaks 2026-07-28 (so it cannot ask
         a question mid-call) and it mirrors no argument in a header (which the SDK checks)."""
@@ -260,8 +280,7 @@ class Proxy:
         """Keep 2025-11-25 sessions: the SDK has no broadcast to them, so we tell each about list changes."""
         if ctx.session.protocol_version >= "2026":
             return  # 2026-07-28 clients hear it through subscriptions/listen
-        request = ctx.request if isinstance(ctx.request, Request) else None
-        key = request.headers.get("mcp-session-id", "") if request is not None else "stdio"
+        key = session_key(ctx)
         self.sessions[key] = ctx.session
         self.sessions.move_to_end(key)
         while len(self.sessions) > 1000:
@@ -283,6 +302,30 @@ class Proxy:
                                "resources": session.send_resource_list_changed}[kind]()  # fmt: skip
                     except Exception:  # a session that is gone is just forgotten
                         self.sessions.pop(key, None)
+
+    async def refollow(self) -> None:
+        """Tell each backend which of its resources clients follow now (each backend only when that changed)."""
+        wanted: dict[str, set[str]] = {name: set() for name in self.connections}
+        for uri in {*self.followers, *self.listeners}:
+            item = self.resource(uri, None)
+            if item is not None:
+                wanted[item.owner.backend.name].add(uri)
+        for name, connection in list(self.connections.items()):
+            if frozenset(wanted.get(name, ())) != connection.watched:
+                await connection.watch(frozenset(wanted.get(name, ())))
+
+    async def updated(self, connection: Connection, uri: str) -> None:
+        """A backend says a resource changed: tell every client that follows it, in the client's era."""
+        item = self.resource(uri, None)
+        if uri not in connection.watched and (item is None or item.owner is not connection):
+            return  # not this backend's to speak for
+        resource_updates_sent.add(1, {"server": connection.backend.name})
+        await self.bus.publish(ResourceUpdated(uri=uri))  # 2026-07-28 listen streams whose filter names it
+        for key, session in list(self.followers.get(uri, {}).items()):
+            try:
+                await session.send_resource_updated(uri)
+            except Exception:  # a session that is gone stops following
+                self.followers[uri].pop(key, None)
 
     async def watch_files(self, path: Path) -> None:
         """Hot reload: a changed config file is applied; an invalid one leaves the last good one serving."""
@@ -329,6 +372,9 @@ meter = metrics.get_meter(INSTRUMENTATION_NAME)
 calls = meter.create_counter("mcp.proxy.calls", description="Calls forwarded to a backend, by server, tool, outcome")
 pin_violations = meter.create_counter("mcp.proxy.pin_violations", description="Tool definitions that changed")
 list_changed_sent = meter.create_counter("mcp.proxy.list_changed_sent", description="list_changed sent to clients")
+resource_updates_sent = meter.create_counter(
+    "mcp.proxy.resource_updates", description="resources/updated from a backend relayed to the clients following it"
+)
 
 
 def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None) -> Server[Proxy]:
@@ -392,20 +438,36 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
         ctx.lifespan_context.remember(ctx)
         return {"resources": ctx.lifespan_context.visible("resources", servers(ctx)), "resultType": "complete"}
 
+    async def subscribe_resource(ctx: ServerRequestContext[Proxy], params: SubscribeRequestParams) -> Reply:
+        """2025-11-25: follow one resource; its backend is asked for updates while anyone follows it."""
+        proxy, uri = ctx.lifespan_context, str(params.uri)
+        item = proxy.resource(uri, servers(ctx))
+        if item is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
+        link = item.owner.link
+        if link is not None and not (link.capabilities.get("resources") or {}).get("subscribe"):
+            name = item.owner.backend.name
+            raise MCPError(code=METHOD_NOT_FOUND, message=f"The server {name!r} does not offer resource subscriptions")
+        proxy.followers.setdefault(uri, OrderedDict())[session_key(ctx)] = ctx.session
+        await proxy.refollow()
+        return {}
+
+    async def unsubscribe_resource(ctx: ServerRequestContext[Proxy], params: UnsubscribeRequestParams) -> Reply:
+        proxy, uri = ctx.lifespan_context, str(params.uri)
+        following = proxy.followers.get(uri, OrderedDict())
+        following.pop(session_key(ctx), None)
+        if not following:
+            proxy.followers.pop(uri, None)
+        await proxy.refollow()
+        return {}
+
     async def list_resource_templates(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
         templates = ctx.lifespan_context.visible("resourceTemplates", servers(ctx))
         return {"resourceTemplates": templates, "resultType": "complete"}
 
     async def read_resource(ctx: ServerRequestContext[Proxy], params: ReadResourceRequestParams) -> Reply:
         uri = str(params.uri)
-        item = find(ctx, "resources", uri)
-        if item is None:  # not listed: maybe a backend's template describes it
-            allowed = servers(ctx)
-            item = next(
-                (i for t, i in ctx.lifespan_context.templates
-                 if (allowed is None or i.owner.backend.name in allowed) and t.match(uri) is not None),
-                None,
-            )  # fmt: skip
+        item = ctx.lifespan_context.resource(uri, servers(ctx))  # listed, or described by a backend's template
         if item is None:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
         return await forward_or_fail(ctx, item, "resources/read", {"uri": uri})
@@ -430,7 +492,9 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
         on_list_resources=list_resources,
         on_list_resource_templates=list_resource_templates,
         on_read_resource=read_resource,
-        on_subscriptions_listen=ListenHandler(proxy.bus),
+        on_subscribe_resource=subscribe_resource,
+        on_unsubscribe_resource=unsubscribe_resource,
+        on_subscriptions_listen=Listen(proxy),
         # Lists depend on the caller's token and change whenever a backend's do: never shared, fresh every time.
         cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in CACHEABLE_METHODS},  # type: ignore[misc]
         # The SDK checks `Mcp-Param-*` headers against the tool's schema; give it ours, not a tools/list per call.
@@ -439,6 +503,47 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
 
 
 serving: list[Proxy] = []  # the running proxy, for /readyz
+
+
+def session_key(ctx: ServerRequestContext[Proxy]) -> str:
+    """Which 2025-11-25 session a request came on (its `Mcp-Session-Id`)."""
+    request = ctx.request if isinstance(ctx.request, Request) else None
+    return request.headers.get("mcp-session-id", "") if request is not None else "stdio"
+
+
+class Listen:
+    """`subscriptions/listen` (2026-07-28): the SDK's handler, told which resources the stream follows.
+
+    Only URIs of backends the caller's token opens are passed on, so the
+    acknowledgement says honestly which ones this stream will hear about;
+    while the stream is open their backends are asked for updates.
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy, self.handler = proxy, ListenHandler(proxy.bus)
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Proxy], params: SubscriptionsListenRequestParams
+    ) -> SubscriptionsListenResult:
+        proxy, allowed = self.proxy, opened(ctx.request.scope) if isinstance(ctx.request, Request) else None
+        asked = params.notifications.resource_subscriptions or []
+        uris = [uri for uri in asked if proxy.resource(uri, allowed) is not None]
+        if uris != asked:
+            notifications = params.notifications.model_copy(update={"resource_subscriptions": uris or None})
+            params = params.model_copy(update={"notifications": notifications})
+        proxy.listeners.update(uris)
+        try:
+            if uris:
+                await proxy.refollow()
+            return await self.handler(ctx, params)
+        finally:
+            proxy.listeners.subtract(uris)
+            for uri in uris:
+                if proxy.listeners[uri] <= 0:
+                    del proxy.listeners[uri]
+            if uris:
+                with anyio.CancelScope(shield=True):
+                    await proxy.refollow()
 
 
 class Sender(Protocol):

@@ -16,7 +16,7 @@ configured. The rules, each from a complaint users of other proxies keep filing:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +64,7 @@ class Connection:
 
     backend: Backend
     on_change: Callable[[Connection], None]  # what it offers changed (or it came or went)
+    on_updated: Callable[[Connection, str], Awaitable[None]]  # a resource clients follow changed
     state: str = "starting"  # starting | up | restarting | failed | crashed | stopped
     error: str | None = None
     link: Link | None = None
@@ -74,6 +75,7 @@ class Connection:
     settled: anyio.Event = field(default_factory=anyio.Event)  # set once the first start succeeded or failed
     tg: TaskGroup | None = None
     relisting: bool = False
+    watched: frozenset[str] = frozenset()  # resource URIs clients follow: asked for again on every new link
 
     @property
     def modern(self) -> bool:
@@ -119,6 +121,7 @@ class Connection:
                     self.ready.set()
                     self.settled.set()
                     self.on_change(self)
+                    tg.start_soon(link.follow, self.watched)
                     log.info("backend up", backend=self.backend.name, pid=link.pid, tools=len(self.items["tools"]))
                     await link.closed.wait()
                     # From now on a call waits for the restart rather than finding the broken link.
@@ -173,8 +176,16 @@ class Connection:
         if method.endswith("/list_changed") and self.tg is not None and not self.relisting:
             self.relisting = True
             self.tg.start_soon(self.relist_soon)
+        elif method == "notifications/resources/updated" and params is not None and isinstance(params.get("uri"), str):
+            await self.on_updated(self, params["uri"])
         elif method == "notifications/message" and params is not None:
             log.info("backend log", backend=self.backend.name, level=params.get("level"), logger=params.get("logger"))
+
+    async def watch(self, uris: frozenset[str]) -> None:
+        """Follow exactly these resources of the backend, now if it is up, and on every restart."""
+        self.watched = uris
+        if self.link is not None:
+            await self.link.follow(uris)
 
     async def relist_soon(self) -> None:
         await anyio.sleep(DEBOUNCE)

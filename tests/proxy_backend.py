@@ -5,7 +5,8 @@
 
 It can add a tool, change a tool's description (a rug pull), report progress,
 notice that it was cancelled, ask the user a question, count how often a
-non-idempotent tool ran, and show what headers reached it.
+non-idempotent tool ran, show what headers reached it, and change a resource
+its followers hear about.
 """
 
 from __future__ import annotations
@@ -34,6 +35,28 @@ async def tell_lists_changed(ctx: Context) -> None:
         await ctx.notify_tools_changed()
     else:
         await ctx.request_context.session.send_tool_list_changed()
+
+
+NOTE = "note://proxy-test/note"
+note = {"text": "first"}
+
+
+def read_note() -> str:
+    """A note that `edit_note` changes."""
+    return note["text"]
+
+
+async def edit_note(text: str, ctx: Context) -> str:
+    """Change the note, and tell the `subscriptions/listen` streams that follow it (2026-07-28)."""
+    note["text"] = text
+    await ctx.notify_resource_updated(NOTE)
+    return text
+
+
+# Only when asked: resource URIs are not namespaced, so two of these behind one proxy would clash.
+if os.environ.get("PROXY_BACKEND_NOTE"):
+    mcp.resource(NOTE, name="note", mime_type="text/plain")(read_note)
+    mcp.add_tool(edit_note)
 
 
 def echo(text: str) -> str:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,9 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import ToolListChangedNotification
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp.types import ResourceUpdatedNotification, ToolListChangedNotification
 from mcp_types import (
     CallToolResult,
     ElicitRequestParams,
@@ -56,9 +59,9 @@ def stdio_backend(**options: Any) -> dict[str, Any]:
     return {"command": sys.executable, "args": [BACKEND], "env": {"PYTHONUNBUFFERED": "1"}, **options}
 
 
-def http_backend(port: int | None = None) -> ServerProcess:
+def http_backend(port: int | None = None, env: dict[str, str] | None = None) -> ServerProcess:
     addr = ["--addr", f"127.0.0.1:{port}"] if port else []
-    return ServerProcess("tests", *addr, script="proxy_backend.py")
+    return ServerProcess("tests", *addr, script="proxy_backend.py", env=env)
 
 
 def write_config(path: Path, servers: dict[str, Any], **options: Any) -> Path:
@@ -135,6 +138,90 @@ async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all
             assert "b__extra" in await tool_names(client)
             assert text(await client.call_tool("b__extra", {"text": "new"})) == "new"
             tg.cancel_scope.cancel()
+
+
+WITH_NOTE = {"PROXY_BACKEND_NOTE": "1"}  # the test backend offers a resource, `note://proxy-test/note`
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+async def test_a_changed_resource_reaches_the_clients_that_follow_it_in_both_eras(
+    tmp_path: Path, transport: str
+) -> None:
+    # The backend speaks 2026-07-28: the proxy follows the note on its own listen stream to the backend.
+    with note_backend(transport) as backend, proxy_for(tmp_path, {"b": backend}) as proxy:
+        updates: list[str] = []
+        legacy_updates: list[str] = []
+
+        async def on_message(message: object) -> None:
+            if isinstance(message, ResourceUpdatedNotification):
+                legacy_updates.append(str(message.params.uri))
+
+        async with (
+            http_client(proxy.url) as client,
+            httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
+            Client(
+                streamable_http_client(proxy.url, http_client=http), mode="legacy", message_handler=on_message
+            ) as legacy,
+            anyio.create_task_group() as tg,
+        ):
+            note = await note_uri(client)
+            async with client.listen(resource_subscriptions=[note, "note://nobody/has-this"]) as subscription:
+                assert subscription.honored.resource_subscriptions == [note]  # an unknown URI is not promised
+                await legacy_follow(legacy, note)
+
+                async def collect() -> None:
+                    async for event in subscription:
+                        if isinstance(event, ResourceUpdated):
+                            updates.append(event.uri)
+
+                tg.start_soon(collect)
+                assert text(await client.call_tool("b__edit_note", {"text": "second"})) == "second"
+                await eventually(lambda: updates and legacy_updates)
+                assert (updates, legacy_updates) == ([note], [note])
+                assert (await client.read_resource(note)).contents[0].text == "second"  # type: ignore[union-attr]
+
+                await legacy_follow(legacy, note, stop=True)
+                await client.call_tool("b__edit_note", {"text": "third"})
+                await eventually(lambda: len(updates) == 2)
+                await anyio.sleep(0.5)
+                assert legacy_updates == [note]  # it stopped following
+                with pytest.raises(MCPError) as raised:
+                    await legacy_follow(legacy, "note://nobody/has-this")
+                assert raised.value.error.code == -32602
+                tg.cancel_scope.cancel()
+        metrics = httpx2.get(proxy.base_url + "/metrics").text
+        assert re.search(r'mcp_proxy_resource_updates_total\{[^}]*server="b"[^}]*\} 2\.0', metrics)
+
+
+async def note_uri(client: Client) -> str:
+    return next(str(r.uri) for r in (await client.list_resources()).resources if r.name == "note")
+
+
+async def legacy_follow(client: Client, uri: str, *, stop: bool = False) -> None:
+    """`resources/subscribe` (or `unsubscribe`): how a 2025-11-25 client follows a resource; the SDK warns it is
+    gone in 2026-07-28, which is the point of asking in both eras."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await (client.unsubscribe_resource(uri) if stop else client.subscribe_resource(uri))
+
+
+@contextmanager
+def note_backend(transport: str) -> Iterator[dict[str, Any]]:
+    """The test backend in 2026-07-28: a subprocess of the proxy's, or a server of its own over HTTP."""
+    if transport == "stdio":
+        yield stdio_backend(protocolVersion="2026-07-28", env={**WITH_NOTE, "PYTHONUNBUFFERED": "1"})
+        return
+    with http_backend(env=WITH_NOTE) as server:
+        yield {"url": server.url}
+
+
+async def test_a_backend_without_resource_subscriptions_says_so(tmp_path: Path) -> None:
+    # Over stdio in 2025-11-25 the SDK's MCPServer offers no `resources/subscribe`: the caller is told, not ignored.
+    with proxy_for(tmp_path, {"b": stdio_backend(env={**WITH_NOTE, "PYTHONUNBUFFERED": "1"})}) as proxy:
+        async with http_client(proxy.url, mode="legacy") as legacy:
+            with pytest.raises(MCPError) as raised:
+                await legacy_follow(legacy, await note_uri(legacy))
+            assert "does not offer resource subscriptions" in raised.value.error.message
 
 
 async def test_a_changed_tool_definition_is_quarantined_until_approved(tmp_path: Path) -> None:
@@ -412,6 +499,30 @@ async def test_the_official_everything_server_behind_the_proxy(tmp_path: Path) -
             assert "7" in dynamic.contents[0].text  # type: ignore[union-attr]
             prompts = [p.name for p in (await client.list_prompts()).prompts]
             assert "ev_simple-prompt" in prompts
+
+            # Resource updates from a 2025-11-25 backend: the proxy follows the resource with `resources/subscribe`
+            # on its session, and passes what comes back to the clients that follow it, in both eras.
+            uri = str((await client.list_resources()).resources[0].uri)
+            legacy_updates: list[str] = []
+
+            async def on_message(message: object) -> None:
+                if isinstance(message, ResourceUpdatedNotification):
+                    legacy_updates.append(str(message.params.uri))
+
+            async with (
+                httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
+                Client(
+                    streamable_http_client(proxy.url, http_client=http), mode="legacy", message_handler=on_message
+                ) as legacy,
+                client.listen(resource_subscriptions=[uri]) as subscription,
+            ):
+                await legacy_follow(legacy, uri)
+                await client.call_tool("ev_toggle-subscriber-updates", {})  # it sends one at once, then every 5 s
+                with anyio.fail_after(10):
+                    first = await anext(aiter(subscription))
+                assert first == ResourceUpdated(uri=uri)
+                await eventually(lambda: legacy_updates)
+                assert legacy_updates[0] == uri
 
 
 async def test_two_hundred_clients_at_once_lose_nothing_and_leak_nothing(tmp_path: Path) -> None:
