@@ -205,6 +205,8 @@ class Proxy:
         ]
         if self.changed_kinds:
             self.changed.set()
+        if (self.followers or self.listeners) and self.tg is not None:
+            self.tg.start_soon(self.refollow)  # a followed resource may have a new owner now
 
     @staticmethod
     def publish(backend: Backend, kind: str, original: Message) -> tuple[str, Message]:
@@ -304,15 +306,19 @@ class Proxy:
                         self.sessions.pop(key, None)
 
     async def refollow(self) -> None:
-        """Tell each backend which of its resources clients follow now (each backend only when that changed)."""
-        wanted: dict[str, set[str]] = {name: set() for name in self.connections}
-        for uri in {*self.followers, *self.listeners}:
-            item = self.resource(uri, None)
-            if item is not None:
-                wanted[item.owner.backend.name].add(uri)
-        for name, connection in list(self.connections.items()):
-            if frozenset(wanted.get(name, ())) != connection.watched:
-                await connection.watch(frozenset(wanted.get(name, ())))
+        """Tell each backend which of its resources clients follow now (each backend only when that changed).
+
+        Each backend's set is worked out just before it is handed over, with
+        no wait in between: two of these running at once cannot leave a
+        backend with the older set.
+        """
+        for connection in list(self.connections.values()):
+            wanted = frozenset(
+                uri for uri in {*self.followers, *self.listeners}
+                if (item := self.resource(uri, None)) is not None and item.owner is connection
+            )  # fmt: skip
+            if wanted != connection.watched:
+                await connection.watch(wanted)
 
     async def updated(self, connection: Connection, uri: str) -> None:
         """A backend says a resource changed: tell every client that follows it, in the client's era."""
