@@ -11,7 +11,9 @@ top, each for a reason the SDK notes spell out:
   it *off* for any non-loopback host, including 0.0.0.0.
 - The listening socket is bound before uvicorn starts, so a taken port is one
   clear error line and `--addr :0` can pick a free port (the tests use that).
-- Ctrl-C and SIGTERM stop the server and exit 0, over both transports.
+- Ctrl-C and SIGTERM stop the server and exit 0, over both transports. Open
+  `subscriptions/listen` streams are ended the way the spec calls graceful
+  first: uvicorn would otherwise wait the whole grace period for them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -105,11 +107,28 @@ def build_http_app(
         async with mcp.session_manager.run():
             yield
 
-    return Starlette(
+    app = Starlette(
         routes=[Route("/healthz", healthz), *routes, Mount("/", app=mcp_app)],
         middleware=[cors(security), Middleware(RequestContextMiddleware), *middleware],
         lifespan=lifespan,
     )
+    app.state.end_streams = stream_closer(mcp)
+    return app
+
+
+def stream_closer(mcp: MCPServer[Any] | Server[Any]) -> Callable[[], None] | None:
+    """What ends every open `subscriptions/listen` stream at once, if the server's handler can (the SDK's can).
+
+    A listen stream is a response that never finishes on its own, so on
+    shutdown uvicorn waits out its whole grace period for each one. Closed
+    first, each stream sends its final result and ends, and the client knows
+    it was a deliberate close, not a dropped connection.
+    """
+    # MCPServer keeps the low-level server to itself; the SDK offers no other way to reach its handlers.
+    server = mcp._lowlevel_server if isinstance(mcp, MCPServer) else mcp  # noqa: SLF001
+    entry = server.get_request_handler("subscriptions/listen")
+    close = getattr(entry.handler, "close", None) if entry is not None else None
+    return close if callable(close) else None
 
 
 def cors(security: TransportSecuritySettings) -> Middleware:
@@ -148,10 +167,11 @@ class _Uvicorn(uvicorn.Server):
     process dies with 130/143; for a server asked to stop, stopping is success.
     """
 
-    def __init__(self, config: uvicorn.Config, url: str, grace: int) -> None:
+    def __init__(self, config: uvicorn.Config, url: str, grace: int, end_streams: Callable[[], None] | None) -> None:
         super().__init__(config)
         self.url = url
         self.grace = grace
+        self.end_streams = end_streams
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -172,6 +192,8 @@ class _Uvicorn(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         log.info("shutting down", grace_seconds=self.grace)
+        if self.end_streams is not None:
+            self.end_streams()
         await super().shutdown(sockets)
         log.info("stopped")
 
@@ -202,7 +224,8 @@ def run_uvicorn(app: Starlette, sock: socket.socket, config: ServerConfig, url: 
         timeout_graceful_shutdown=config.grace_seconds,
         server_header=False,
     )
-    _Uvicorn(uv_config, url, config.grace_seconds).run(sockets=[sock])
+    end_streams = getattr(app.state, "end_streams", None)  # set by build_http_app
+    _Uvicorn(uv_config, url, config.grace_seconds, end_streams).run(sockets=[sock])
 
 
 def serve_http(app: Starlette, config: ServerConfig) -> None:

@@ -297,6 +297,18 @@ async def test_sigterm_lets_an_in_flight_call_finish_then_exits_0() -> None:
     assert events.index("shutting down") < events.index("stopped")
 
 
+async def test_an_open_listen_stream_ends_gracefully_and_does_not_hold_up_shutdown() -> None:
+    """A `subscriptions/listen` stream never finishes by itself: on SIGTERM the server ends it, the spec's way."""
+    with ServerProcess(FOLDER) as proc:
+        async with http_client(proc.url) as client, client.listen(tools_list_changed=True) as subscription:
+            started = time.monotonic()
+            proc.signal(signal.SIGTERM)
+            events = [event async for event in subscription]  # ends without SubscriptionLost: a deliberate close
+            code = await anyio.to_thread.run_sync(proc.wait)
+    assert (events, code) == ([], 0)
+    assert time.monotonic() - started < 3  # not the 10 s grace period that uvicorn gives an open response
+
+
 async def test_grace_period_bounds_shutdown() -> None:
     """A call longer than the grace period is cut off, and the server still exits 0 on time."""
     failures: list[BaseException] = []
