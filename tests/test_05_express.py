@@ -9,7 +9,8 @@ take (a bad Host, headers that disagree with the body) gets the SDK's answer.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,26 @@ def test_what_the_lane_must_not_take_gets_the_sdks_refusal(proxy: ServerProcess)
     assert answer(call(proxy, "h__echo", {"text": "still here"}))[1]["result"]["content"][0]["text"] == "still here"
 
 
+def forwarded_echoes(proxy: ServerProcess) -> list[dict[str, Any]]:
+    return [e for e in proxy.events() if e.get("event") == "forwarded" and e.get("tool") == "echo"]
+
+
+def settled(count: Callable[[], int]) -> int:
+    """The count once the proxy's log has caught up: the same twice, a moment apart (lines arrive on a pipe)."""
+    last = count()
+    while True:
+        time.sleep(0.3)
+        if (now := count()) == last:
+            return now
+        last = now
+
+
 def test_a_call_on_the_lane_is_counted_logged_and_measured(proxy: ServerProcess) -> None:
-    before = sum(1 for e in proxy.events() if e.get("event") == "forwarded" and e.get("tool") == "echo")
+    before = settled(lambda: len(forwarded_echoes(proxy)))  # earlier tests' lines may still be on their way
     assert call(proxy, "h__echo", {"text": "count me"}).status_code == 200
-    forwarded = [e for e in proxy.events() if e.get("event") == "forwarded" and e.get("tool") == "echo"]
-    assert len(forwarded) == before + 1 and forwarded[-1]["arguments"] == ["text"]
+    assert settled(lambda: len(forwarded_echoes(proxy))) == before + 1
+    forwarded = forwarded_echoes(proxy)
+    assert forwarded[-1]["arguments"] == ["text"]
     assert "count me" not in json.dumps(forwarded[-1])  # argument values stay out of the log
     scraped = httpx2.get(proxy.base_url + "/metrics").text
     assert "mcp_server_operation_duration_seconds_count{" in scraped
