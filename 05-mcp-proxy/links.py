@@ -57,6 +57,7 @@ ENVELOPE = {
 }
 # The news a 2026-07-28 `subscriptions/listen` asks for: every list that can change.
 LIST_CHANGES = {"toolsListChanged": True, "promptsListChanged": True, "resourcesListChanged": True}
+FOLLOW_WAIT = 5.0  # seconds a change of followed resources waits for a 2026-07-28 backend to acknowledge it
 MAX_LINE = 16 * 1024 * 1024  # one JSON-RPC message over stdio
 STDERR_TAIL = 2000  # characters of a dead backend's last words kept for /readyz
 # A call's time is bounded by `Timeouts`, not by the socket: no read timeout, so a long call or an idle
@@ -161,6 +162,8 @@ class Link:
         self.protocol_version = PROTOCOL_VERSION
         self.following: frozenset[str] = frozenset()  # resource URIs clients want `resources/updated` about
         self.listening: anyio.CancelScope | None = None  # the 2026-07-28 listen stream, to reopen with a new filter
+        # Set when the backend acknowledged our listen stream's filter, or when there is no stream to wait for.
+        self.listen_settled = anyio.Event()
 
     @property
     def modern(self) -> bool:
@@ -172,6 +175,7 @@ class Link:
             return
         self.reason = reason
         self.closed.set()
+        self.listen_settled.set()
         for call in list(self.calls.values()):
             call.answered.set()  # `response` stays None: the caller raises LinkDown
 
@@ -304,6 +308,8 @@ class Link:
                 owner = self.calls.get(params.get("progressToken"))
                 if owner is not None:
                     await owner.on_progress(params)
+            elif method == "notifications/subscriptions/acknowledged":
+                self.listen_settled.set()  # the backend follows what our listen stream asked for, from now on
             elif method == "notifications/message" and params is not None and (owner := self.owner(call)):
                 if owner.log is not None:
                     await owner.log(params)  # about this call: to the client that made it
@@ -362,6 +368,7 @@ class Link:
                 forever = Timeouts(math.inf, math.inf)
                 await self.request("subscriptions/listen", {"notifications": self.listen_filter()}, timeouts=forever)
             if not scope.cancel_called:
+                self.listen_settled.set()
                 return  # the backend ended it: as of the last listing
             # `follow` closed it on purpose (the cancellation tells the backend): reopen with the new filter
 
@@ -383,8 +390,11 @@ class Link:
         if uris == before:
             return
         if self.modern:
+            self.listen_settled = settled = anyio.Event()
             if self.listening is not None:
                 self.listening.cancel()
+            with anyio.move_on_after(FOLLOW_WAIT):  # so that a client's own acknowledgement promises no more
+                await settled.wait()  # than the backend does (an update in between would be lost)
             return
         if not (self.capabilities.get("resources") or {}).get("subscribe"):
             return
@@ -393,7 +403,8 @@ class Link:
                 try:
                     await self.request(method, {"uri": uri}, timeouts=Timeouts(idle=30, total=30))
                 except LinkDown:
-                    return  # the supervisor reconnects, and follows them all again on the new link
+                    self.following = before  # not all of it reached the backend: the next `watch` tries again
+                    return
                 except (BackendError, Timeout) as exc:
                     log.warning("backend refused a resource subscription", backend=self.name, uri=uri,
                                 method=method, error=str(exc))  # fmt: skip
@@ -600,6 +611,9 @@ class HttpLink(Link):
         await self.initialize()
         if self.tg is not None and self.session_id is not None:
             self.tg.start_soon(self.listen, self.generation)
+        if self.following and self.tg is not None:  # a new session follows nothing yet: ask again
+            following, self.following = self.following, frozenset()
+            self.tg.start_soon(self.follow, following)
 
     @property
     def cancels_by_closing(self) -> bool:
@@ -704,15 +718,19 @@ class HttpLink(Link):
 
     async def listen(self, generation: int) -> None:
         """The session's GET stream: where the backend sends `list_changed` and other news unasked."""
-        delay = 0.5
+        delay, streamed = 0.5, False
         while not self.closed.is_set() and generation == self.generation:
             headers = self.wire_headers({}, self.session_id)
             try:
                 async with self.http.stream("GET", self.url, headers=headers, extensions=HTTP_TIMEOUTS) as response:
+                    if response.status == 404 and streamed:  # it was there a moment ago: the backend restarted
+                        with suppress(BackendError, LinkDown, Timeout):  # (down for good: the next call says so)
+                            await self.renew(generation)  # a new session, with its own stream and subscriptions
+                        return
                     if response.status in (404, 405):
                         return  # no stream offered (or the session is gone, which the next call notices)
                     if response.status < 400 and header(response, "content-type").startswith("text/event-stream"):
-                        delay = 0.5  # a stream: read it for as long as it lasts
+                        delay, streamed = 0.5, True  # a stream: read it for as long as it lasts
                         await self.read_response(response, None)
             except TRANSPORT_ERRORS:
                 pass
@@ -733,6 +751,7 @@ class HttpLink(Link):
                         if response.status >= 400 or not header(response, "content-type").startswith(
                             "text/event-stream"
                         ):
+                            self.listen_settled.set()
                             return  # no subscriptions offered: lists are as of the last listing
                         if dropped:  # news may have been missed while the stream was down: look again
                             await self.on_notification("notifications/tools/list_changed", None)

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -320,6 +320,19 @@ class Proxy:
             if wanted != connection.watched:
                 await connection.watch(wanted)
 
+    def followable(self, uri: str, allowed: frozenset[str] | None) -> Item | None:
+        """The resource, if a caller whose token opens `allowed` may follow it through us.
+
+        Its backend must offer subscriptions, and must be the one we follow the
+        URI at for everybody: a token that opens only another backend whose
+        template also matches would otherwise hear about the first one's.
+        """
+        item = self.resource(uri, allowed)
+        if item is None or self.resource(uri, None) is not item:
+            return None
+        link = item.owner.link
+        return item if link is None or (link.capabilities.get("resources") or {}).get("subscribe") else None
+
     async def updated(self, connection: Connection, uri: str) -> None:
         """A backend says a resource changed: tell every client that follows it, in the client's era."""
         item = self.resource(uri, None)
@@ -327,11 +340,21 @@ class Proxy:
             return  # not this backend's to speak for
         resource_updates_sent.add(1, {"server": connection.backend.name})
         await self.bus.publish(ResourceUpdated(uri=uri))  # 2026-07-28 listen streams whose filter names it
-        for key, session in list(self.followers.get(uri, {}).items()):
-            try:
+        if self.followers.get(uri) and self.tg is not None:
+            self.tg.start_soon(self.tell_followers, uri)  # not here: one slow client must not hold up the backend
+
+    async def tell_followers(self, uri: str) -> None:
+        """`resources/updated` to each 2025-11-25 session that follows `uri`; one that is gone or stuck stops."""
+        following = self.followers.get(uri, OrderedDict())
+        for key, session in list(following.items()):
+            sent = False
+            with anyio.move_on_after(FOLLOWER_TIMEOUT), suppress(Exception):
                 await session.send_resource_updated(uri)
-            except Exception:  # a session that is gone stops following
-                self.followers[uri].pop(key, None)
+                sent = True
+            if not sent:
+                following.pop(key, None)
+        if not following:
+            self.followers.pop(uri, None)
 
     async def watch_files(self, path: Path) -> None:
         """Hot reload: a changed config file is applied; an invalid one leaves the last good one serving."""
@@ -450,11 +473,14 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
         item = proxy.resource(uri, servers(ctx))
         if item is None:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
-        link = item.owner.link
-        if link is not None and not (link.capabilities.get("resources") or {}).get("subscribe"):
+        if proxy.followable(uri, servers(ctx)) is None:
             name = item.owner.backend.name
             raise MCPError(code=METHOD_NOT_FOUND, message=f"The server {name!r} does not offer resource subscriptions")
-        proxy.followers.setdefault(uri, OrderedDict())[session_key(ctx)] = ctx.session
+        following = proxy.followers.setdefault(uri, OrderedDict())
+        following[session_key(ctx)] = ctx.session
+        following.move_to_end(session_key(ctx))
+        while len(following) > MAX_FOLLOWERS:  # sessions that went away without unsubscribing
+            following.popitem(last=False)
         await proxy.refollow()
         return {}
 
@@ -509,6 +535,8 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
 
 
 serving: list[Proxy] = []  # the running proxy, for /readyz
+FOLLOWER_TIMEOUT = 5.0  # seconds one client may take to take a resource update (or a listen stream to wind down)
+MAX_FOLLOWERS = 1000  # 2025-11-25 sessions remembered per followed resource, the most recent
 
 
 def session_key(ctx: ServerRequestContext[Proxy]) -> str:
@@ -528,12 +556,16 @@ class Listen:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy, self.handler = proxy, ListenHandler(proxy.bus)
 
+    def close(self) -> None:
+        """End every open stream gracefully (on shutdown)."""
+        self.handler.close()
+
     async def __call__(
         self, ctx: ServerRequestContext[Proxy], params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
         proxy, allowed = self.proxy, opened(ctx.request.scope) if isinstance(ctx.request, Request) else None
         asked = params.notifications.resource_subscriptions or []
-        uris = [uri for uri in asked if proxy.resource(uri, allowed) is not None]
+        uris = [uri for uri in asked if proxy.followable(uri, allowed) is not None]
         if uris != asked:
             notifications = params.notifications.model_copy(update={"resource_subscriptions": uris or None})
             params = params.model_copy(update={"notifications": notifications})
@@ -548,7 +580,7 @@ class Listen:
                 if proxy.listeners[uri] <= 0:
                     del proxy.listeners[uri]
             if uris:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(FOLLOWER_TIMEOUT):
                     await proxy.refollow()
 
 

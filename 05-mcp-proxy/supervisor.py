@@ -7,8 +7,9 @@ configured. The rules, each from a complaint users of other proxies keep filing:
   dying right after it starts (a crash loop) is given up on after
   `restart.max` tries, and /readyz says so.
 - A backend that never came up is retried forever, with the same backoff.
-- A quick restart keeps the backend's tools listed (calls wait for it); a
-  backend that stays down has its tools withdrawn, and they come back with it.
+- A quick restart keeps the backend's tools listed (calls wait for it, up to
+  `PATIENCE`); a backend down for longer has its tools withdrawn, and they
+  come back with it.
 - A call is sent again only when that cannot do harm: it never reached the
   backend, or it reads and does not change anything.
 """
@@ -52,6 +53,7 @@ MAX_PAGES = 100  # a backend whose cursors never end is cut off here
 DEBOUNCE = 0.25  # seconds: a burst of list_changed from one backend is one re-listing
 STABLE_AFTER = 30.0  # seconds up after which a crash no longer counts toward the crash loop
 MAX_BACKOFF = 30.0
+PATIENCE = 10.0  # seconds a call waits for a restarting backend, and its tools stay listed while it is down
 
 
 class Unavailable(Exception):
@@ -76,6 +78,7 @@ class Connection:
     tg: TaskGroup | None = None
     relisting: bool = False
     watched: frozenset[str] = frozenset()  # resource URIs clients follow: asked for again on every new link
+    watching: anyio.Lock = field(default_factory=anyio.Lock)  # one change of `watched` at a time reaches the link
 
     @property
     def modern(self) -> bool:
@@ -110,6 +113,7 @@ class Connection:
         """Run until cancelled: connect, serve, and on failure wait and connect again."""
         failures = 0
         ever_up = False
+        down_since = anyio.current_time()
         while True:
             started = anyio.current_time()
             try:
@@ -121,7 +125,7 @@ class Connection:
                     self.ready.set()
                     self.settled.set()
                     self.on_change(self)
-                    tg.start_soon(link.follow, self.watched)
+                    tg.start_soon(self.watch)
                     log.info("backend up", backend=self.backend.name, pid=link.pid, tools=len(self.items["tools"]))
                     await link.closed.wait()
                     # From now on a call waits for the restart rather than finding the broken link.
@@ -133,6 +137,8 @@ class Connection:
             self.link, self.tg, self.ready = None, None, anyio.Event()
             self.settled.set()
             was_up = self.state == "up"
+            if was_up:
+                down_since = anyio.current_time()
             if anyio.current_time() - started > STABLE_AFTER:
                 failures = 0
             failures += 1
@@ -149,11 +155,15 @@ class Connection:
                     restarts=self.restarts,
                 )
                 return
-            if not was_up:
-                self.withdraw()  # it did not come back at the first try: its tools go until it does
             self.state = "restarting" if ever_up else "failed"
             delay = min(restart.delay * 2 ** (failures - 1), MAX_BACKOFF)
             log.warning("backend down", backend=self.backend.name, error=self.error, retry_in=round(delay, 2))
+            # Down for as long as a call would wait for it: its tools go until it is back.
+            withdraw_in = max(down_since + PATIENCE - anyio.current_time(), 0.0)
+            if withdraw_in <= delay:
+                await anyio.sleep(withdraw_in)
+                self.withdraw()
+                delay -= withdraw_in
             await anyio.sleep(delay)
 
     def withdraw(self) -> None:
@@ -177,15 +187,26 @@ class Connection:
             self.relisting = True
             self.tg.start_soon(self.relist_soon)
         elif method == "notifications/resources/updated" and params is not None and isinstance(params.get("uri"), str):
-            await self.on_updated(self, params["uri"])
+            with anyio.CancelScope(shield=True):  # reopening our listen stream must not cut a relay short
+                await self.on_updated(self, params["uri"])
         elif method == "notifications/message" and params is not None:
             log.info("backend log", backend=self.backend.name, level=params.get("level"), logger=params.get("logger"))
 
-    async def watch(self, uris: frozenset[str]) -> None:
-        """Follow exactly these resources of the backend, now if it is up, and on every restart."""
-        self.watched = uris
-        if self.link is not None:
-            await self.link.follow(uris)
+    async def watch(self, uris: frozenset[str] | None = None) -> None:
+        """Follow exactly these resources of the backend (None: the last ones asked for), now and after restarts.
+
+        Changes reach the link one at a time, and each time it is given the
+        latest set: a change made while an earlier one is on its way is not
+        overtaken by it.
+        """
+        if uris is not None:
+            self.watched = uris
+        async with self.watching:
+            for _ in range(3):  # a link that broke midway is given the set again, a few times
+                link = self.link
+                if link is None or link.following == self.watched:
+                    return
+                await link.follow(self.watched)
 
     async def relist_soon(self) -> None:
         await anyio.sleep(DEBOUNCE)
@@ -243,7 +264,7 @@ class Connection:
             return result
         raise AssertionError("unreachable")
 
-    async def wait_ready(self, patience: float = 10.0) -> Link:
+    async def wait_ready(self, patience: float = PATIENCE) -> Link:
         """The live link; while a restart is under way, wait for it a little."""
         if self.link is None and self.state in ("starting", "restarting", "up"):  # "up": it just broke
             with anyio.move_on_after(patience):

@@ -193,6 +193,26 @@ async def test_a_changed_resource_reaches_the_clients_that_follow_it_in_both_era
         assert re.search(r'mcp_proxy_resource_updates_total\{[^}]*server="b"[^}]*\} 2\.0', metrics)
 
 
+async def test_a_followed_resource_is_followed_again_after_its_backend_restarts(tmp_path: Path) -> None:
+    port = free_port()
+    servers = {"b": {"url": f"http://127.0.0.1:{port}/mcp"}}
+    with http_backend(port, env=WITH_NOTE) as backend, proxy_for(tmp_path, servers) as proxy:
+        async with http_client(proxy.url) as client:
+            note = await note_uri(client)
+            async with client.listen(resource_subscriptions=[note]) as subscription:
+                backend.stop()
+                with http_backend(port, env=WITH_NOTE):  # a new process, which has never heard of the proxy
+                    await eventually(lambda: _ready(proxy, "b"), within=15)
+                    await client.call_tool("b__edit_note", {"text": "after the restart"})
+                    with anyio.fail_after(10):
+                        assert await anext(aiter(subscription)) == ResourceUpdated(uri=note)
+
+
+def _ready(proxy: ServerProcess, name: str) -> bool:
+    backend = httpx2.get(proxy.base_url + "/readyz").json()["backends"][name]
+    return bool(backend["state"] == "up" and backend["restarts"] >= 1)
+
+
 async def note_uri(client: Client) -> str:
     return next(str(r.uri) for r in (await client.list_resources()).resources if r.name == "note")
 
@@ -413,6 +433,23 @@ async def test_an_http_backend_that_restarted_is_reached_again_and_no_call_is_se
     # In 2026-07-28 there is no session to lose.
     renewed = any(e.get("event") == "backend lost our session; starting a new one" for e in proxy.events())
     assert renewed == (protocol == "2025-11-25")
+
+
+async def test_a_backend_down_for_long_has_its_tools_withdrawn_until_it_is_back(tmp_path: Path) -> None:
+    port = free_port()
+    servers = {"h": {"url": f"http://127.0.0.1:{port}/mcp"}, "b": stdio_backend()}
+    with http_backend(port) as backend, proxy_for(tmp_path, servers) as proxy:
+        async with http_client(proxy.url) as client:
+            assert "h__echo" in await tool_names(client)
+            backend.stop()
+            await anyio.sleep(3)  # a restart this quick would keep them: calls wait for it as long
+            assert "h__echo" in await tool_names(client)
+            await eventually(lambda: _without(client, "h__echo"), within=15)  # gone after 10 s down
+            assert "b__echo" in await tool_names(client)  # the other backend never noticed
+            with http_backend(port):
+                await eventually(lambda: _with(client, "h__echo"), within=15)
+                assert text(await client.call_tool("h__echo", {"text": "back"})) == "back"
+            assert httpx2.get(proxy.base_url + "/readyz").json()["backends"]["h"]["restarts"] >= 1
 
 
 async def test_a_backend_down_at_start_joins_when_it_comes_up(tmp_path: Path) -> None:
