@@ -35,6 +35,7 @@ import anyio
 import httpx2
 import uvicorn
 from mcp import Client, StdioServerParameters
+from mcp.client.session import MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp
 
@@ -278,12 +279,17 @@ async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def http_client(
-    url: str, *, mode: str = "auto", headers: Mapping[str, str] | None = None
+    url: str,
+    *,
+    mode: str = "auto",
+    headers: Mapping[str, str] | None = None,
+    message_handler: MessageHandlerFnT | None = None,
 ) -> AsyncIterator[Client]:
-    """An SDK `Client` over streamable HTTP, with the SDK's timeouts and optional extra headers."""
+    """An SDK `Client` over streamable HTTP, with the SDK's timeouts, optional extra headers, and optionally
+    a handler for what the server sends unasked (notifications on a 2025-11-25 session)."""
     async with (
         httpx2.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers) as http,
-        Client(streamable_http_client(url, http_client=http), mode=mode) as client,
+        Client(streamable_http_client(url, http_client=http), mode=mode, message_handler=message_handler) as client,
     ):
         yield client
 

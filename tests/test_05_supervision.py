@@ -114,10 +114,7 @@ async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all
 
         async with (
             http_client(proxy.url) as client,
-            httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
-            Client(
-                streamable_http_client(proxy.url, http_client=http), mode="legacy", message_handler=on_message
-            ) as legacy,
+            http_client(proxy.url, mode="legacy", message_handler=on_message) as legacy,
             client.listen(tools_list_changed=True) as subscription,
             anyio.create_task_group() as tg,
         ):
@@ -158,10 +155,7 @@ async def test_a_changed_resource_reaches_the_clients_that_follow_it_in_both_era
 
         async with (
             http_client(proxy.url) as client,
-            httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
-            Client(
-                streamable_http_client(proxy.url, http_client=http), mode="legacy", message_handler=on_message
-            ) as legacy,
+            http_client(proxy.url, mode="legacy", message_handler=on_message) as legacy,
             anyio.create_task_group() as tg,
         ):
             note = await note_uri(client)
@@ -547,10 +541,7 @@ async def test_the_official_everything_server_behind_the_proxy(tmp_path: Path) -
                     legacy_updates.append(str(message.params.uri))
 
             async with (
-                httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
-                Client(
-                    streamable_http_client(proxy.url, http_client=http), mode="legacy", message_handler=on_message
-                ) as legacy,
+                http_client(proxy.url, mode="legacy", message_handler=on_message) as legacy,
                 client.listen(resource_subscriptions=[uri]) as subscription,
             ):
                 await legacy_follow(legacy, uri)
