@@ -125,7 +125,10 @@ def stream_closer(mcp: MCPServer[Any] | Server[Any]) -> Callable[[], None] | Non
     it was a deliberate close, not a dropped connection.
     """
     # MCPServer keeps the low-level server to itself; the SDK offers no other way to reach its handlers.
-    server = mcp._lowlevel_server if isinstance(mcp, MCPServer) else mcp  # noqa: SLF001
+    # Looked up defensively: an SDK release that renames it costs the quick shutdown, not the start.
+    server = getattr(mcp, "_lowlevel_server", None) if isinstance(mcp, MCPServer) else mcp
+    if not isinstance(server, Server):
+        return None
     entry = server.get_request_handler("subscriptions/listen")
     close = getattr(entry.handler, "close", None) if entry is not None else None
     return close if callable(close) else None
