@@ -40,6 +40,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
+from shared.token_storage import MemoryTokenStorage
+
 TIMEOUT = httpx2.Timeout(30, read=300)
 STORE = Path(os.environ.get("MCP_WORKSHOP_TOKEN_DIR", Path.home() / ".mcp-workshop" / "oauth"))
 MACHINE_CLIENT_ID = "workshop-machine"
@@ -131,26 +133,6 @@ async def discover_issuer(server_url: str) -> str:
     if "S256" not in metadata.get("code_challenge_methods_supported", []):
         raise SystemExit(f"client.py: error: {issuer} does not offer S256 PKCE; refusing to sign in there")
     return issuer
-
-
-class MemoryTokenStorage:
-    """Tokens kept in memory only: for the conformance harness, where every run is a new server."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 class LoopbackCallback:

@@ -38,6 +38,7 @@ import httpcore2
 import structlog
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
+from machine_auth import MachineAuthError, MachineToken
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, PROTOCOL_VERSION_META_KEY
 
@@ -565,12 +566,13 @@ class HttpLink(Link):
 
     def __init__(
         self, name: str, url: str, http: httpcore2.AsyncConnectionPool, headers: Mapping[str, str],
-        on_notification: NotificationHandler,
+        on_notification: NotificationHandler, machine: MachineToken | None = None,
     ) -> None:  # fmt: skip
         super().__init__(name, on_notification)
         self.url = url
         self.http = http
         self.configured = dict(headers)  # the backend's `headers` from the configuration, on every request
+        self.machine = machine  # the proxy's own token for this backend, if it wants one
         self.session_id: str | None = None
         self.session_lock = anyio.Lock()
         self.generation = 0  # which session: a 404 renews it once, not once per call that saw it
@@ -585,12 +587,13 @@ class HttpLink(Link):
         headers: Mapping[str, str],
         on_notification: NotificationHandler,
         protocol: str = "auto",
+        machine: MachineToken | None = None,
     ) -> AsyncIterator[HttpLink]:
         pool = httpcore2.AsyncConnectionPool(
             max_connections=64, max_keepalive_connections=64, network_backend=SocketBackend()
         )
         async with pool as http, anyio.create_task_group() as tg:
-            link = cls(name, url, http, headers, on_notification)
+            link = cls(name, url, http, headers, on_notification, machine)
             link.tg = tg
             try:
                 if protocol == PROTOCOL_VERSION or not await link.discover(required=protocol == MODERN):
@@ -634,6 +637,14 @@ class HttpLink(Link):
             headers["mcp-protocol-version"] = PROTOCOL_VERSION
         return headers
 
+    async def authorize(self) -> None:
+        """Put the proxy's own token on what follows, a new one when the last is about to expire."""
+        if self.machine is not None:
+            try:
+                self.configured["authorization"] = await self.machine.bearer()
+            except MachineAuthError as exc:
+                raise BackendError(-32603, str(exc)) from None
+
     def wire_headers(
         self, message: Message, session_id: str | None, extra: Mapping[str, str] | None = None
     ) -> list[tuple[bytes, bytes]]:
@@ -647,9 +658,13 @@ class HttpLink(Link):
 
     async def deliver(self, message: Message, call: Call) -> None:
         generation, session_id = self.generation, self.session_id
+        await self.authorize()
         try:
             async with self.stream(message, self.wire_headers(message, session_id, call.headers)) as response:
                 status, kind = response.status, header(response, "content-type")
+                if status == 401 and self.machine is not None:  # our token was refused: the next try gets a new one
+                    self.machine.expired()
+                    raise LinkDown("the backend refused the proxy's token", sent=False)
                 lost = status == 404 and session_id is not None
                 if message.get("method") == "initialize" and (session := header(response, "mcp-session-id")):
                     self.session_id = session
@@ -703,6 +718,7 @@ class HttpLink(Link):
             await self.post(answer)
 
     async def post(self, message: Message) -> None:
+        await self.authorize()
         headers = self.wire_headers(message, self.session_id)
         try:
             response = await self.http.request(
@@ -720,6 +736,7 @@ class HttpLink(Link):
         """The session's GET stream: where the backend sends `list_changed` and other news unasked."""
         delay, streamed = 0.5, False
         while not self.closed.is_set() and generation == self.generation:
+            await self.authorize()
             headers = self.wire_headers({}, self.session_id)
             try:
                 async with self.http.stream("GET", self.url, headers=headers, extensions=HTTP_TIMEOUTS) as response:
@@ -744,6 +761,7 @@ class HttpLink(Link):
         while not self.closed.is_set():
             message = {"jsonrpc": "2.0", "id": next(self.ids), "method": "subscriptions/listen",
                        "params": {"notifications": self.listen_filter(), "_meta": ENVELOPE}}  # fmt: skip
+            await self.authorize()
             self.listening = scope = anyio.CancelScope()
             try:
                 with scope:

@@ -40,6 +40,15 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class ClientCredentials:
+    """The proxy's own OAuth client at a protected backend's authorization server (client credentials grant)."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str | None = None
+
+
+@dataclass(frozen=True)
 class Backend:
     """One MCP server behind the proxy: a stdio command, or a streamable-HTTP URL."""
 
@@ -61,6 +70,7 @@ class Backend:
     pinning: str = "block"  # what a changed tool definition does: block, warn or off
     forward_authorization: bool = False  # pass the caller's Authorization header on (HTTP backends only)
     protocol: str = "auto"  # the era spoken to it: auto, 2025-11-25 (the handshake) or 2026-07-28
+    oauth: ClientCredentials | None = None  # the proxy gets its own token for this backend (HTTP only)
 
     def public_name(self, tool: str) -> str:
         """`prefix` + name, kept within the spec's 128 characters by a stable hash suffix."""
@@ -181,6 +191,9 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     cwd = entry.get("cwd")
     if cwd is not None and not isinstance(cwd, str):
         raise ConfigError(f"{path}.cwd: expected a string")
+    oauth = parse_oauth(entry.get("oauth"), f"{path}.oauth") if "oauth" in entry else None
+    if oauth is not None and url is None:
+        raise ConfigError(f"{path}.oauth: only an HTTP backend (url) takes OAuth credentials")
     return Backend(
         name=name,
         command=command,
@@ -202,7 +215,22 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
         pinning=pinning,
         forward_authorization=bool(option(entry, options, "forwardAuthorization", False)) and url is not None,
         protocol=protocol,
+        oauth=oauth,
     )
+
+
+def parse_oauth(value: Any, path: str) -> ClientCredentials:
+    """`{"clientId": "...", "clientSecret": "${SECRET}", "scope": "mcp:read"}`: the secret from the environment."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected an object with clientId and clientSecret")
+    client_id, secret, scope = value.get("clientId"), value.get("clientSecret"), value.get("scope")
+    if not isinstance(client_id, str) or not client_id:
+        raise ConfigError(f"{path}.clientId: expected a string")
+    if not isinstance(secret, str):  # empty is allowed here (`${VAR:-}`): the backend then says it has none
+        raise ConfigError(f"{path}.clientSecret: expected a string (usually ${{VAR}}, from the environment)")
+    if scope is not None and not isinstance(scope, str):
+        raise ConfigError(f"{path}.scope: expected a space-separated string")
+    return ClientCredentials(client_id, secret, scope)
 
 
 def parse_tokens(value: Any, path: str, servers: set[str]) -> tuple[tuple[str, frozenset[str] | None], ...]:

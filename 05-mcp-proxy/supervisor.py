@@ -38,6 +38,7 @@ from links import (
     Timeout,
     Timeouts,
 )
+from machine_auth import MachineToken
 from proxy_config import Backend
 
 log = structlog.get_logger("mcp-proxy.supervisor")
@@ -79,6 +80,7 @@ class Connection:
     relisting: bool = False
     watched: frozenset[str] = frozenset()  # resource URIs clients follow: asked for again on every new link
     watching: anyio.Lock = field(default_factory=anyio.Lock)  # one change of `watched` at a time reaches the link
+    machine: MachineToken | None = None  # the proxy's own token for the backend, when its entry has `oauth`
 
     @property
     def modern(self) -> bool:
@@ -107,7 +109,9 @@ class Connection:
                 backend.name, backend.command, backend.args, backend.env, backend.cwd, self.notified, backend.protocol
             )
         assert backend.url is not None
-        return HttpLink.open(backend.name, backend.url, backend.headers, self.notified, backend.protocol)
+        if backend.oauth is not None and self.machine is None:  # kept across restarts: a token outlives a link
+            self.machine = MachineToken(backend.url, backend.oauth)
+        return HttpLink.open(backend.name, backend.url, backend.headers, self.notified, backend.protocol, self.machine)
 
     async def supervise(self) -> None:
         """Run until cancelled: connect, serve, and on failure wait and connect again."""

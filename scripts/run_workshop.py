@@ -127,8 +127,14 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    # 03's MCP server authenticates to its authorization server for token exchange: one secret for both.
-    env = {"MCP_SERVER_CLIENT_SECRET": secrets.token_urlsafe(24), **os.environ}
+    # 03's MCP server authenticates to its authorization server for token exchange, and the proxy (05) as
+    # the machine client for a token of its own: one secret for each pair, made up for this run.
+    env = {
+        "MCP_SERVER_CLIENT_SECRET": secrets.token_urlsafe(24),
+        "MACHINE_CLIENT_SECRET": secrets.token_urlsafe(24),
+        **os.environ,
+        "WORKSHOP_03_URL": f"http://127.0.0.1:{8083 + stack[0].offset}/mcp",  # where the proxy finds 03, moved too
+    }
     processes: list[subprocess.Popen[bytes]] = []
     for module in stack:
         process = start(module, env)

@@ -503,6 +503,37 @@ async def test_tokens_open_only_their_backends_and_authorization_is_forwarded_on
     assert any("TOKEN PASSTHROUGH" in str(e.get("event")) for e in proxy.events())
 
 
+MACHINE_SECRET = "machine-secret-for-the-proxy-test"
+
+
+@contextmanager
+def oauth_backend() -> Iterator[tuple[str, ServerProcess]]:
+    """03's authorization server and its protected MCP server, as the workshop runs them: (MCP URL, the AS)."""
+    env = {"MACHINE_CLIENT_SECRET": MACHINE_SECRET}  # a demo credential: the server prints it for you to type
+    mcp_port = free_port()
+    url = f"http://127.0.0.1:{mcp_port}/mcp"
+    issuer = ServerProcess("03-oauth-mcp", "--resource", url, script="authorization_server.py", env=env)
+    with issuer, ServerProcess("03-oauth-mcp", "--issuer", issuer.url, "--addr", f"127.0.0.1:{mcp_port}", env=env):
+        yield url, issuer
+
+
+async def test_a_protected_backend_gets_the_proxys_own_token_not_the_callers(tmp_path: Path) -> None:
+    oauth = {"clientId": "workshop-machine", "clientSecret": "${MACHINE_CLIENT_SECRET}"}
+    with oauth_backend() as (url, issuer):
+        env = {"MACHINE_CLIENT_SECRET": MACHINE_SECRET}
+        with proxy_for(tmp_path, {"o": {"url": url, "oauth": oauth}}, env=env) as proxy:
+            async with http_client(proxy.url, headers={"Authorization": "Bearer the-callers-own-token"}) as client:
+                who = (await client.call_tool("o__who_am_i", {})).structured_content
+            # Issued by 03's authorization server to the proxy's client, for exactly that backend.
+            assert who is not None
+            assert (who["client_id"], who["aud"], who["iss"]) == ("workshop-machine", url, issuer.url)
+            assert httpx2.get(proxy.base_url + "/readyz").json()["backends"]["o"]["state"] == "up"
+        wrong = {"MACHINE_CLIENT_SECRET": "not-the-secret"}
+        with proxy_for(tmp_path, {"o": {"url": url, "oauth": oauth}}, env=wrong) as proxy:
+            backend = await eventually(lambda: httpx2.get(proxy.base_url + "/readyz").json()["backends"]["o"]["error"])
+            assert "could not get a token" in backend
+
+
 # --- a foreign backend, and load --------------------------------------------------------------------
 
 

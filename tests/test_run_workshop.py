@@ -12,6 +12,7 @@ import pytest
 
 from scripts.run_workshop import STACK
 from tests.harness import REPO, http_client, server_env
+from tests.test_05_supervision import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -54,6 +55,15 @@ async def test_make_run_serves_every_module_and_stops_on_ctrl_c() -> None:
         async with http_client(STACK[0].moved(offset).url) as client:
             result = await client.call_tool("echo_message", {"message": "from make run"})
         assert result.content[0].text == "Echo: from make run"  # type: ignore[union-attr]
+        # 03 behind the proxy, with a token the proxy got for itself from 03's authorization server.
+        async with http_client(STACK[-1].moved(offset).url) as proxy:
+
+            async def oauth_listed() -> bool:
+                return "oauth__who_am_i" in [tool.name for tool in (await proxy.list_tools()).tools]
+
+            await eventually(oauth_listed, within=20)
+            who = (await proxy.call_tool("oauth__who_am_i", {})).structured_content
+        assert who is not None and who["client_id"] == "workshop-machine"
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(timeout=30) == 0
     finally:
