@@ -642,8 +642,15 @@ class HttpLink(Link):
         if self.machine is not None:
             try:
                 self.configured["authorization"] = await self.machine.bearer()
-            except MachineAuthError as exc:
-                raise BackendError(-32603, str(exc)) from None
+            except MachineAuthError as exc:  # nothing was sent: a call may try again; a start fails with this reason
+                raise LinkDown(str(exc), sent=False) from None
+
+    def token_refused(self, response: Any) -> bool:
+        """Whether the backend refused the proxy's own token; if so, the next request gets a new one."""
+        if response.status != 401 or self.machine is None:
+            return False
+        self.machine.refused(self.configured.get("authorization", ""))
+        return True
 
     def wire_headers(
         self, message: Message, session_id: str | None, extra: Mapping[str, str] | None = None
@@ -662,8 +669,7 @@ class HttpLink(Link):
         try:
             async with self.stream(message, self.wire_headers(message, session_id, call.headers)) as response:
                 status, kind = response.status, header(response, "content-type")
-                if status == 401 and self.machine is not None:  # our token was refused: the next try gets a new one
-                    self.machine.expired()
+                if self.token_refused(response):  # not processed: the next try, with a new token, may go
                     raise LinkDown("the backend refused the proxy's token", sent=False)
                 lost = status == 404 and session_id is not None
                 if message.get("method") == "initialize" and (session := header(response, "mcp-session-id")):
@@ -718,7 +724,8 @@ class HttpLink(Link):
             await self.post(answer)
 
     async def post(self, message: Message) -> None:
-        await self.authorize()
+        with suppress(LinkDown):  # no new token now: the last one may still do (this runs inside a stream reader)
+            await self.authorize()
         headers = self.wire_headers(message, self.session_id)
         try:
             response = await self.http.request(
@@ -736,10 +743,12 @@ class HttpLink(Link):
         """The session's GET stream: where the backend sends `list_changed` and other news unasked."""
         delay, streamed = 0.5, False
         while not self.closed.is_set() and generation == self.generation:
-            await self.authorize()
-            headers = self.wire_headers({}, self.session_id)
             try:
+                await self.authorize()
+                headers = self.wire_headers({}, self.session_id)
                 async with self.http.stream("GET", self.url, headers=headers, extensions=HTTP_TIMEOUTS) as response:
+                    if self.token_refused(response):
+                        raise LinkDown("the backend refused the proxy's token", sent=False)
                     if response.status == 404 and streamed:  # it was there a moment ago: the backend restarted
                         with suppress(BackendError, LinkDown, Timeout):  # (down for good: the next call says so)
                             await self.renew(generation)  # a new session, with its own stream and subscriptions
@@ -749,7 +758,7 @@ class HttpLink(Link):
                     if response.status < 400 and header(response, "content-type").startswith("text/event-stream"):
                         delay, streamed = 0.5, True  # a stream: read it for as long as it lasts
                         await self.read_response(response, None)
-            except TRANSPORT_ERRORS:
+            except (*TRANSPORT_ERRORS, LinkDown):  # LinkDown: no token for now; try again after a while
                 pass
             await anyio.sleep(delay)
             delay = min(delay * 2, 10)
@@ -761,11 +770,13 @@ class HttpLink(Link):
         while not self.closed.is_set():
             message = {"jsonrpc": "2.0", "id": next(self.ids), "method": "subscriptions/listen",
                        "params": {"notifications": self.listen_filter(), "_meta": ENVELOPE}}  # fmt: skip
-            await self.authorize()
             self.listening = scope = anyio.CancelScope()
             try:
                 with scope:
+                    await self.authorize()
                     async with self.stream(message, self.wire_headers(message, None)) as response:
+                        if self.token_refused(response):
+                            raise LinkDown("the backend refused the proxy's token", sent=False)
                         if response.status >= 400 or not header(response, "content-type").startswith(
                             "text/event-stream"
                         ):
@@ -778,7 +789,7 @@ class HttpLink(Link):
             except CONNECT_ERRORS as exc:
                 self.close(f"{type(exc).__name__}: {exc}"[:300])  # the backend is down: say so, and reconnect
                 return
-            except TRANSPORT_ERRORS:
+            except (*TRANSPORT_ERRORS, LinkDown):  # LinkDown: no token for now; try again after a while
                 pass
             if scope.cancel_called:
                 continue  # closed by `follow`, not dropped: reopen at once, with the new filter

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 
+import anyio
 import httpx2
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from proxy_config import ClientCredentials
@@ -38,16 +39,27 @@ class MachineToken:
         self.url, self.credentials = url, credentials
         self.token: str | None = None
         self.renew_at = 0.0
+        self.fetching = anyio.Lock()  # many calls needing a new token at once: one of them fetches it
+
+    def fresh(self) -> bool:
+        return self.token is not None and time.monotonic() < self.renew_at
 
     async def bearer(self) -> str:
         """`Bearer <token>` for the Authorization header; raises `MachineAuthError` if none can be had."""
-        if self.token is None or time.monotonic() >= self.renew_at:
-            await self.fetch()
+        if not self.fresh():
+            async with self.fetching:
+                if not self.fresh():  # another call may have fetched it while this one waited
+                    await self.fetch()
         return f"Bearer {self.token}"
 
-    def expired(self) -> None:
-        """The backend refused the token (revoked, or its keys changed): the next request gets a new one."""
-        self.token = None
+    def refused(self, header: str) -> None:
+        """The backend refused this token (revoked, or its keys changed): the next request gets a new one.
+
+        Only if it is still the current one: a call that was refused an old
+        token must not throw away the new one another call just fetched.
+        """
+        if header == f"Bearer {self.token}":
+            self.token = None
 
     async def fetch(self) -> None:
         if not self.credentials.client_secret:
@@ -59,6 +71,9 @@ class MachineToken:
             client_id=self.credentials.client_id,
             client_secret=self.credentials.client_secret,
             scope=self.credentials.scope,
+            # The secret goes only to the authorization server the configuration names, never to one that
+            # the backend's metadata points at: a backend cannot collect the proxy's credentials.
+            issuer=self.credentials.issuer,
         )
         try:
             async with httpx2.AsyncClient(auth=provider, timeout=30) as http:
@@ -70,7 +85,7 @@ class MachineToken:
         if storage.tokens is None:
             raise MachineAuthError(f"the authorization server of {self.url} gave the proxy no token")
         self.token = storage.tokens.access_token
-        lifetime = storage.tokens.expires_in or 3600
+        lifetime = 3600 if storage.tokens.expires_in is None else storage.tokens.expires_in
         self.renew_at = time.monotonic() + lifetime * (1 - RENEW_BEFORE)
 
 

@@ -45,6 +45,7 @@ class ClientCredentials:
 
     client_id: str
     client_secret: str = field(repr=False)
+    issuer: str  # the one authorization server the secret may be sent to
     scope: str | None = None
 
 
@@ -194,6 +195,8 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     oauth = parse_oauth(entry.get("oauth"), f"{path}.oauth") if "oauth" in entry else None
     if oauth is not None and url is None:
         raise ConfigError(f"{path}.oauth: only an HTTP backend (url) takes OAuth credentials")
+    if oauth is not None and option(entry, options, "forwardAuthorization", False):
+        raise ConfigError(f"{path}: oauth (the proxy's own token) excludes forwardAuthorization (the caller's)")
     return Backend(
         name=name,
         command=command,
@@ -220,17 +223,20 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
 
 
 def parse_oauth(value: Any, path: str) -> ClientCredentials:
-    """`{"clientId": "...", "clientSecret": "${SECRET}", "scope": "mcp:read"}`: the secret from the environment."""
+    """`{"clientId": "...", "clientSecret": "${SECRET}", "issuer": "https://...", "scope": "mcp:read"}`."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected an object with clientId and clientSecret")
+        raise ConfigError(f"{path}: expected an object with clientId, clientSecret and issuer")
     client_id, secret, scope = value.get("clientId"), value.get("clientSecret"), value.get("scope")
+    issuer = value.get("issuer")
+    if not isinstance(issuer, str) or not issuer.startswith(("https://", "http://")):
+        raise ConfigError(f"{path}.issuer: expected the authorization server's URL (the only place the secret goes)")
     if not isinstance(client_id, str) or not client_id:
         raise ConfigError(f"{path}.clientId: expected a string")
     if not isinstance(secret, str):  # empty is allowed here (`${VAR:-}`): the backend then says it has none
         raise ConfigError(f"{path}.clientSecret: expected a string (usually ${{VAR}}, from the environment)")
     if scope is not None and not isinstance(scope, str):
         raise ConfigError(f"{path}.scope: expected a space-separated string")
-    return ClientCredentials(client_id, secret, scope)
+    return ClientCredentials(client_id, secret, issuer, scope)
 
 
 def parse_tokens(value: Any, path: str, servers: set[str]) -> tuple[tuple[str, frozenset[str] | None], ...]:

@@ -133,7 +133,9 @@ def main() -> int:
         "MCP_SERVER_CLIENT_SECRET": secrets.token_urlsafe(24),
         "MACHINE_CLIENT_SECRET": secrets.token_urlsafe(24),
         **os.environ,
-        "WORKSHOP_03_URL": f"http://127.0.0.1:{8083 + stack[0].offset}/mcp",  # where the proxy finds 03, moved too
+        # Where the proxy finds 03 and its authorization server, moved too.
+        "WORKSHOP_03_URL": f"http://127.0.0.1:{8083 + stack[0].offset}/mcp",
+        "WORKSHOP_03_ISSUER": f"http://127.0.0.1:{9000 + stack[0].offset}",
     }
     processes: list[subprocess.Popen[bytes]] = []
     for module in stack:

@@ -81,6 +81,23 @@ def test_reads_claude_desktop_and_vscode_files_unchanged() -> None:
         ),
         ({"mcpServers": {"bad name!": {"command": "x"}}}, "$.mcpServers.bad name!: server names use"),
         ({"nothing": {}}, "$: expected mcpServers"),
+        (
+            {"mcpServers": {"o": {"url": "http://h/mcp", "oauth": {"clientId": "c", "clientSecret": "s"}}}},
+            "$.mcpServers.o.oauth.issuer: expected the authorization server's URL",
+        ),
+        (
+            {
+                "mcpServers": {
+                    "o": {
+                        "url": "http://h/mcp",
+                        "forwardAuthorization": True,
+                        "oauth": {"clientId": "c", "clientSecret": "s", "issuer": "http://a"},
+                    }
+                }
+            },
+            "$.mcpServers.o: oauth (the proxy's own token) excludes forwardAuthorization",
+        ),
+        ({"mcpServers": {"o": {"url": "http://h/mcp", "oauth": "s3cret"}}}, "$.mcpServers.o.oauth: expected an object"),
     ],
 )
 def test_configuration_errors_name_the_json_path(config: Any, message: str) -> None:

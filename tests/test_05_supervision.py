@@ -506,6 +506,10 @@ async def test_tokens_open_only_their_backends_and_authorization_is_forwarded_on
 MACHINE_SECRET = "machine-secret-for-the-proxy-test"
 
 
+def readyz(proxy: ServerProcess) -> dict[str, Any]:
+    return dict(httpx2.get(proxy.base_url + "/readyz").json()["backends"])
+
+
 @contextmanager
 def oauth_backend() -> Iterator[tuple[str, ServerProcess]]:
     """03's authorization server and its protected MCP server, as the workshop runs them: (MCP URL, the AS)."""
@@ -518,8 +522,8 @@ def oauth_backend() -> Iterator[tuple[str, ServerProcess]]:
 
 
 async def test_a_protected_backend_gets_the_proxys_own_token_not_the_callers(tmp_path: Path) -> None:
-    oauth = {"clientId": "workshop-machine", "clientSecret": "${MACHINE_CLIENT_SECRET}"}
     with oauth_backend() as (url, issuer):
+        oauth = {"clientId": "workshop-machine", "clientSecret": "${MACHINE_CLIENT_SECRET}", "issuer": issuer.url}
         env = {"MACHINE_CLIENT_SECRET": MACHINE_SECRET}
         with proxy_for(tmp_path, {"o": {"url": url, "oauth": oauth}}, env=env) as proxy:
             async with http_client(proxy.url, headers={"Authorization": "Bearer the-callers-own-token"}) as client:
@@ -528,10 +532,13 @@ async def test_a_protected_backend_gets_the_proxys_own_token_not_the_callers(tmp
             assert who is not None
             assert (who["client_id"], who["aud"], who["iss"]) == ("workshop-machine", url, issuer.url)
             assert httpx2.get(proxy.base_url + "/readyz").json()["backends"]["o"]["state"] == "up"
-        wrong = {"MACHINE_CLIENT_SECRET": "not-the-secret"}
-        with proxy_for(tmp_path, {"o": {"url": url, "oauth": oauth}}, env=wrong) as proxy:
-            backend = await eventually(lambda: httpx2.get(proxy.base_url + "/readyz").json()["backends"]["o"]["error"])
-            assert "could not get a token" in backend
+        for changed, secret in (({}, "not-the-secret"),
+                                # The secret goes to no other authorization server than the one configured.
+                                ({"issuer": "http://127.0.0.1:9"}, MACHINE_SECRET)):  # fmt: skip
+            servers = {"o": {"url": url, "oauth": {**oauth, **changed}}}
+            with proxy_for(tmp_path, servers, env={"MACHINE_CLIENT_SECRET": secret}) as proxy:
+                error = await eventually(lambda: readyz(proxy)["o"]["error"])
+                assert "could not get a token" in error
 
 
 # --- a foreign backend, and load --------------------------------------------------------------------
