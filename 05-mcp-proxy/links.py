@@ -645,12 +645,11 @@ class HttpLink(Link):
             except MachineAuthError as exc:  # nothing was sent: a call may try again; a start fails with this reason
                 raise LinkDown(str(exc), sent=False) from None
 
-    def token_refused(self, response: Any) -> bool:
-        """Whether the backend refused the proxy's own token; if so, the next request gets a new one."""
-        if response.status != 401 or self.machine is None:
-            return False
-        self.machine.refused(self.configured.get("authorization", ""))
-        return True
+    def check_token(self, response: Any) -> None:
+        """If the backend refused the proxy's own token, the next request gets a new one, and this one is not sent."""
+        if response.status == 401 and self.machine is not None:
+            self.machine.refused(self.configured.get("authorization", ""))
+            raise LinkDown("the backend refused the proxy's token", sent=False)  # not processed: may go again
 
     def wire_headers(
         self, message: Message, session_id: str | None, extra: Mapping[str, str] | None = None
@@ -669,8 +668,7 @@ class HttpLink(Link):
         try:
             async with self.stream(message, self.wire_headers(message, session_id, call.headers)) as response:
                 status, kind = response.status, header(response, "content-type")
-                if self.token_refused(response):  # not processed: the next try, with a new token, may go
-                    raise LinkDown("the backend refused the proxy's token", sent=False)
+                self.check_token(response)
                 lost = status == 404 and session_id is not None
                 if message.get("method") == "initialize" and (session := header(response, "mcp-session-id")):
                     self.session_id = session
@@ -747,8 +745,7 @@ class HttpLink(Link):
                 await self.authorize()
                 headers = self.wire_headers({}, self.session_id)
                 async with self.http.stream("GET", self.url, headers=headers, extensions=HTTP_TIMEOUTS) as response:
-                    if self.token_refused(response):
-                        raise LinkDown("the backend refused the proxy's token", sent=False)
+                    self.check_token(response)
                     if response.status == 404 and streamed:  # it was there a moment ago: the backend restarted
                         with suppress(BackendError, LinkDown, Timeout):  # (down for good: the next call says so)
                             await self.renew(generation)  # a new session, with its own stream and subscriptions
@@ -775,8 +772,7 @@ class HttpLink(Link):
                 with scope:
                     await self.authorize()
                     async with self.stream(message, self.wire_headers(message, None)) as response:
-                        if self.token_refused(response):
-                            raise LinkDown("the backend refused the proxy's token", sent=False)
+                        self.check_token(response)
                         if response.status >= 400 or not header(response, "content-type").startswith(
                             "text/event-stream"
                         ):

@@ -195,7 +195,8 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     oauth = parse_oauth(entry.get("oauth"), f"{path}.oauth") if "oauth" in entry else None
     if oauth is not None and url is None:
         raise ConfigError(f"{path}.oauth: only an HTTP backend (url) takes OAuth credentials")
-    if oauth is not None and option(entry, options, "forwardAuthorization", False):
+    forward_authorization = bool(option(entry, options, "forwardAuthorization", False)) and url is not None
+    if oauth is not None and forward_authorization:
         raise ConfigError(f"{path}: oauth (the proxy's own token) excludes forwardAuthorization (the caller's)")
     return Backend(
         name=name,
@@ -216,7 +217,7 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
         restart=parse_restart(option(entry, options, "restart"), f"{path}.restart"),
         required=bool(option(entry, options, "required", False)),
         pinning=pinning,
-        forward_authorization=bool(option(entry, options, "forwardAuthorization", False)) and url is not None,
+        forward_authorization=forward_authorization,
         protocol=protocol,
         oauth=oauth,
     )

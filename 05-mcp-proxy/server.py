@@ -430,10 +430,6 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
             yield proxy
             tg.cancel_scope.cancel()
 
-    def servers(ctx: ServerRequestContext[Proxy]) -> frozenset[str] | None:
-        """Which backends the caller's token opens (None: all of them)."""
-        return opened(ctx.request.scope) if isinstance(ctx.request, Request) else None
-
     def find(ctx: ServerRequestContext[Proxy], kind: str, name: str) -> Item | None:
         return ctx.lifespan_context.lookup(kind, name, servers(ctx))
 
@@ -469,16 +465,16 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
 
     async def subscribe_resource(ctx: ServerRequestContext[Proxy], params: SubscribeRequestParams) -> Reply:
         """2025-11-25: follow one resource; its backend is asked for updates while anyone follows it."""
-        proxy, uri = ctx.lifespan_context, str(params.uri)
-        item = proxy.resource(uri, servers(ctx))
+        proxy, uri, allowed, key = ctx.lifespan_context, str(params.uri), servers(ctx), session_key(ctx)
+        item = proxy.resource(uri, allowed)
         if item is None:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
-        if proxy.followable(uri, servers(ctx)) is None:
+        if proxy.followable(uri, allowed) is None:
             name = item.owner.backend.name
             raise MCPError(code=METHOD_NOT_FOUND, message=f"The server {name!r} does not offer resource subscriptions")
         following = proxy.followers.setdefault(uri, OrderedDict())
-        following[session_key(ctx)] = ctx.session
-        following.move_to_end(session_key(ctx))
+        following[key] = ctx.session
+        following.move_to_end(key)
         while len(following) > MAX_FOLLOWERS:  # sessions that went away without unsubscribing
             following.popitem(last=False)
         await proxy.refollow()
@@ -539,6 +535,11 @@ FOLLOWER_TIMEOUT = 5.0  # seconds one client may take to take a resource update 
 MAX_FOLLOWERS = 1000  # 2025-11-25 sessions remembered per followed resource, the most recent
 
 
+def servers(ctx: ServerRequestContext[Proxy]) -> frozenset[str] | None:
+    """Which backends the caller's token opens (None: all of them)."""
+    return opened(ctx.request.scope) if isinstance(ctx.request, Request) else None
+
+
 def session_key(ctx: ServerRequestContext[Proxy]) -> str:
     """Which 2025-11-25 session a request came on (its `Mcp-Session-Id`)."""
     request = ctx.request if isinstance(ctx.request, Request) else None
@@ -563,7 +564,7 @@ class Listen:
     async def __call__(
         self, ctx: ServerRequestContext[Proxy], params: SubscriptionsListenRequestParams
     ) -> SubscriptionsListenResult:
-        proxy, allowed = self.proxy, opened(ctx.request.scope) if isinstance(ctx.request, Request) else None
+        proxy, allowed = self.proxy, servers(ctx)
         asked = params.notifications.resource_subscriptions or []
         uris = [uri for uri in asked if proxy.followable(uri, allowed) is not None]
         if uris != asked:

@@ -98,6 +98,11 @@ def text(result: Any) -> str:
     return str(result.content[0].text)
 
 
+def readyz(proxy: ServerProcess) -> dict[str, Any]:
+    """Each backend's state, as /readyz tells it."""
+    return dict(httpx2.get(proxy.base_url + "/readyz").json()["backends"])
+
+
 # --- the live catalogue ----------------------------------------------------------------------
 
 
@@ -203,7 +208,7 @@ async def test_a_followed_resource_is_followed_again_after_its_backend_restarts(
 
 
 def _ready(proxy: ServerProcess, name: str) -> bool:
-    backend = httpx2.get(proxy.base_url + "/readyz").json()["backends"][name]
+    backend = readyz(proxy)[name]
     return bool(backend["state"] == "up" and backend["restarts"] >= 1)
 
 
@@ -280,8 +285,7 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
             "m": stdio_backend(protocolVersion="2026-07-28"),
         }) as proxy,
     ):  # fmt: skip
-        readyz = httpx2.get(proxy.base_url + "/readyz").json()["backends"]
-        assert {name: b["protocol"] for name, b in readyz.items()} == {
+        assert {name: b["protocol"] for name, b in readyz(proxy).items()} == {
             "s": "2025-11-25", "h": "2026-07-28", "old": "2025-11-25", "m": "2026-07-28"
         }  # fmt: skip
         async with http_client(proxy.url) as client:
@@ -403,7 +407,7 @@ async def test_a_killed_stdio_backend_fails_its_call_and_comes_back(tmp_path: Pa
             again = (await client.call_tool("b__whoami", {})).structured_content["pid"]
             assert again != first
             assert (await client.call_tool("other__whoami", {})).structured_content["pid"] == other
-        ready = httpx2.get(proxy.base_url + "/readyz").json()["backends"]
+        ready = readyz(proxy)
         assert (ready["b"]["state"], ready["b"]["restarts"], ready["other"]["restarts"]) == ("up", 1, 0)
         metrics = httpx2.get(proxy.base_url + "/metrics").text
         assert re.search(r'mcp_proxy_backend_restarts_total\{[^}]*server="b"[^}]*\} 1\.0', metrics)
@@ -443,14 +447,14 @@ async def test_a_backend_down_for_long_has_its_tools_withdrawn_until_it_is_back(
             with http_backend(port):
                 await eventually(lambda: _with(client, "h__echo"), within=15)
                 assert text(await client.call_tool("h__echo", {"text": "back"})) == "back"
-            assert httpx2.get(proxy.base_url + "/readyz").json()["backends"]["h"]["restarts"] >= 1
+            assert readyz(proxy)["h"]["restarts"] >= 1
 
 
 async def test_a_backend_down_at_start_joins_when_it_comes_up(tmp_path: Path) -> None:
     port = free_port()
     servers = {"h": {"url": f"http://127.0.0.1:{port}/mcp", "restart": {"delay": "0.2s"}}, "b": stdio_backend()}
     with proxy_for(tmp_path, servers) as proxy:
-        assert httpx2.get(proxy.base_url + "/readyz").json()["backends"]["h"]["state"] == "failed"
+        assert readyz(proxy)["h"]["state"] == "failed"
         async with http_client(proxy.url) as client:
             assert not any(name.startswith("h__") for name in await tool_names(client))
             with http_backend(port):
@@ -506,10 +510,6 @@ async def test_tokens_open_only_their_backends_and_authorization_is_forwarded_on
 MACHINE_SECRET = "machine-secret-for-the-proxy-test"
 
 
-def readyz(proxy: ServerProcess) -> dict[str, Any]:
-    return dict(httpx2.get(proxy.base_url + "/readyz").json()["backends"])
-
-
 @contextmanager
 def oauth_backend() -> Iterator[tuple[str, ServerProcess]]:
     """03's authorization server and its protected MCP server, as the workshop runs them: (MCP URL, the AS)."""
@@ -531,7 +531,7 @@ async def test_a_protected_backend_gets_the_proxys_own_token_not_the_callers(tmp
             # Issued by 03's authorization server to the proxy's client, for exactly that backend.
             assert who is not None
             assert (who["client_id"], who["aud"], who["iss"]) == ("workshop-machine", url, issuer.url)
-            assert httpx2.get(proxy.base_url + "/readyz").json()["backends"]["o"]["state"] == "up"
+            assert readyz(proxy)["o"]["state"] == "up"
         for changed, secret in (({}, "not-the-secret"),
                                 # The secret goes to no other authorization server than the one configured.
                                 ({"issuer": "http://127.0.0.1:9"}, MACHINE_SECRET)):  # fmt: skip
