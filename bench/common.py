@@ -127,8 +127,14 @@ def race(contenders: Sequence[Contender], rounds: int, seconds: float, concurren
 
 
 def ratio(candidate: Contender, baseline: Contender) -> float:
-    """The candidate's median throughput over the baseline's."""
-    return statistics.median(candidate.rates) / statistics.median(baseline.rates)
+    """The median, over rounds, of the candidate's throughput over the baseline's in the same round.
+
+    Each round's pair ran back to back, so a slow spell of the machine (here a
+    round can run at two thirds of the speed of the one before) slows both
+    sides of one ratio, where a ratio of the overall medians would set a slow
+    round of one against a fast round of the other.
+    """
+    return statistics.median(c / b for c, b in zip(candidate.rates, baseline.rates, strict=True))
 
 
 def report(baseline: Contender, candidate: Contender, goal: float) -> float:
