@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpcore2
 import httpx2
 import pytest
 from mcp import MCPError
@@ -21,6 +22,7 @@ from tests.harness import (
     load_sibling,
     remember_secret,
     run_server,
+    serve_app,
 )
 
 FOLDER = "05-mcp-proxy"
@@ -244,3 +246,43 @@ async def test_an_event_stream_is_read_however_it_is_cut_and_whatever_ends_its_l
     assert await _events([b'data: {"c":\ndata: 3}\n\n: ping\n\n']) == [{"c": 3}]  # two data lines, a comment
     assert await _events([b'data: {"d":4}\n\n', b'data: {"e":5}\n']) == [{"d": 4}]  # an unfinished event is dropped
     assert await _events([b"event: other\ndata: {}\n\n", b"data: not json\n\n"]) == []
+
+
+# --- the connection to an HTTP backend ---------------------------------------------------------------
+
+
+async def test_each_request_to_a_backend_leaves_in_one_write_and_arrives_whole() -> None:
+    async def echo(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    writes: list[int] = []
+
+    class CountingBackend(links.SocketBackend):  # type: ignore[misc, name-defined]
+        async def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
+            stream = await super().connect_tcp(*args, **kwargs)
+            inner_write = stream.stream.write
+
+            async def write(buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109 - httpcore2 API
+                writes.append(len(buffer))
+                await inner_write(buffer, timeout)
+
+            stream.stream.write = write
+            return stream
+
+    small, large = b'{"jsonrpc":"2.0"}', b"x" * (3 * links.SocketStream.WRITE_BATCH)
+    async with serve_app(echo) as base, httpcore2.AsyncConnectionPool(network_backend=CountingBackend()) as pool:
+        for body in (small, small):  # the second on the same kept-alive connection
+            response = await pool.request("POST", base + "/", content=body)
+            assert response.content == body
+        assert len(writes) == 2  # one write per request: its head and body together
+        response = await pool.request("POST", base + "/", content=large)
+        assert response.content == large  # a body larger than a write batch goes out at once, and arrives whole
