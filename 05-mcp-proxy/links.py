@@ -867,8 +867,7 @@ class SocketStream(httpcore2.AsyncNetworkStream):
         self.poller = select.poll()
         if self.socket is not None:
             self.poller.register(self.socket, select.POLLIN)
-        self.pending: list[bytes] = []
-        self.pending_size = 0
+        self.pending = bytearray()
         self.write_timeout: float | None = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 - httpcore2's API
@@ -880,19 +879,18 @@ class SocketStream(httpcore2.AsyncNetworkStream):
         return await self.stream.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109 - httpcore2's API
-        if buffer:
-            self.pending.append(buffer)
-            self.pending_size += len(buffer)
+        self.pending += buffer
         self.write_timeout = timeout
-        if self.pending_size >= self.WRITE_BATCH:
+        if len(self.pending) >= self.WRITE_BATCH:
             await self.flush()
 
     async def flush(self) -> None:
-        data, self.pending, self.pending_size = b"".join(self.pending), [], 0
+        data = bytes(self.pending)
+        self.pending.clear()
         await self.stream.write(data, self.write_timeout)
 
     async def aclose(self) -> None:
-        self.pending, self.pending_size = [], 0  # a request never read for was abandoned with its connection
+        self.pending.clear()  # a request never read for was abandoned with its connection
         await self.stream.aclose()
 
     async def start_tls(
