@@ -14,6 +14,10 @@ top, each for a reason the SDK notes spell out:
 - Ctrl-C and SIGTERM stop the server and exit 0, over both transports. Open
   `subscriptions/listen` streams are ended the way the spec calls graceful
   first: uvicorn would otherwise wait the whole grace period for them.
+- HTTP is parsed by httptools (C) and the event loop is uvloop where it
+  exists, uvicorn's own fast path: a proxied call costs 16 % fewer
+  instructions than with the pure-Python h11 and asyncio's loop
+  (bench/proxy_overhead.py; every module gains alike).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared.config import Address, ServerConfig
 from shared.context import REQUEST_ID_HEADER, RequestContextMiddleware
@@ -163,6 +168,19 @@ def bind_socket(addr: Address) -> socket.socket:
     return sock
 
 
+class HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with header values stripped of their surrounding whitespace.
+
+    RFC 9110 (section 5.5) says a field value excludes the spaces and tabs
+    around it, and the MCP conformance suite sends `Mcp-Name:  echo  ` to check
+    that a server compares `echo`. llhttp, the parser inside httptools, leaves
+    the trailing ones in; h11, uvicorn's other parser, strips both.
+    """
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value.strip(b" \t"))
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn with two workshop tweaks: a log line when ready, and exit 0 on a signal.
 
@@ -226,6 +244,7 @@ def run_uvicorn(app: Starlette, sock: socket.socket, config: ServerConfig, url: 
         lifespan="on",
         timeout_graceful_shutdown=config.grace_seconds,
         server_header=False,
+        http=HttpProtocol,  # the event loop stays uvicorn's "auto": uvloop where it is installed
     )
     end_streams = getattr(app.state, "end_streams", None)  # set by build_http_app
     _Uvicorn(uv_config, url, config.grace_seconds, end_streams).run(sockets=[sock])
