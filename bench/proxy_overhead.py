@@ -2,7 +2,9 @@
 
     .venv/bin/python -m bench.proxy_overhead [--rounds 5] [--seconds 3] [--concurrency 32]
 
-Latency: one client, calls one after another, median per call. Throughput:
+Latency: one client process with a session to each, calls one after another,
+alternating between direct and proxied call by call (so that a slow spell of
+the machine slows both alike), median per call. Throughput:
 `--concurrency` clients at once. Sessions: how many times the backend was
 asked to start a session (`server/discover` or `initialize`) while the proxy
 served every call; it should be one. Goals: at most 1.5 ms added to the
@@ -16,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 
 import anyio
 import httpx2
@@ -28,18 +31,22 @@ LATENCY_GOAL_MS = 1.5
 THROUGHPUT_GOAL = 0.60
 
 
-async def median_latency_ms(url: str, calls: int) -> float:
-    async with (
-        httpx2.AsyncClient(timeout=TIMEOUT) as http,
-        Client(streamable_http_client(url, http_client=http)) as client,
-    ):
-        await client.list_tools()
-        times = []
+async def median_latencies_ms(urls: list[str], calls: int) -> list[float]:
+    """The median time of a call to each URL, the calls taking turns: one to each, then again."""
+    async with AsyncExitStack() as stack:
+        clients = []
+        for url in urls:
+            http = await stack.enter_async_context(httpx2.AsyncClient(timeout=TIMEOUT))
+            client = await stack.enter_async_context(Client(streamable_http_client(url, http_client=http)))
+            await client.list_tools()
+            clients.append(client)
+        times: list[list[float]] = [[] for _ in urls]
         for _ in range(calls):
-            started = time.perf_counter()
-            await client.call_tool("echo_message", {"message": "latency"})
-            times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+            for client, samples in zip(clients, times, strict=True):
+                started = time.perf_counter()
+                await client.call_tool("echo_message", {"message": "latency"})
+                samples.append((time.perf_counter() - started) * 1000)
+    return [statistics.median(samples) for samples in times]
 
 
 def sessions_started(log_path: str) -> int:
@@ -62,10 +69,7 @@ def main() -> None:
         direct = Contender("01 direct", backend + "/mcp", backend_process)
         proxied = Contender("through 05", proxy + "/mcp", proxy_process)
         try:
-            latencies: dict[str, list[float]] = {c.name: [] for c in (direct, proxied)}
-            for _ in range(args.rounds):
-                for c in (direct, proxied):
-                    latencies[c.name].append(anyio.run(median_latency_ms, c.url, 200))
+            direct_ms, proxied_ms = anyio.run(median_latencies_ms, [direct.url, proxied.url], 200 * args.rounds)
             race([direct, proxied], args.rounds, args.seconds, args.concurrency)
             # Only the proxy's traffic now: how many sessions does it start at the backend for it?
             sessions_before = sessions_started(backend_log.name)
@@ -73,7 +77,6 @@ def main() -> None:
             sessions = sessions_started(backend_log.name) - sessions_before
         finally:
             stop(proxy_process, backend_process)
-    direct_ms, proxied_ms = (statistics.median(latencies[c.name]) for c in (direct, proxied))
     print(f"median latency, one client: direct {direct_ms:.2f} ms, through the proxy {proxied_ms:.2f} ms")
     added = proxied_ms - direct_ms
     print(f"added by the proxy: {added:.2f} ms (goal: at most {LATENCY_GOAL_MS} ms) -> "
