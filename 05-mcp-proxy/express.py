@@ -22,8 +22,10 @@ same span and histogram point as the SDK's middleware would.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -73,6 +75,23 @@ Call = Callable[[Item, Mapping[str, Any], Mapping[str, Any], Request], Awaitable
 
 tracer = trace.get_tracer(INSTRUMENTATION_NAME)
 
+# Set in the task that serves a request, once the lane has answered it: each request runs in a task of
+# its own, with its own copy of the context, so the mark never outlives its request.
+answered_here: ContextVar[bool] = ContextVar("answered_here", default=False)
+
+
+class SkipAnsweredHere(logging.Filter):
+    """No uvicorn access line for a call the lane answered: its `forwarded` line already says more.
+
+    That line names the backend, the tool, the outcome and the time; the
+    access line would add `POST /mcp 200` at the same cost again (a JSON log
+    line costs about as much as the call's span and metrics together).
+    Requests the lane passes on keep their access line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not answered_here.get()
+
 
 class ExpressLane:
     """ASGI middleware in front of the SDK's app: serve the plain calls it can, pass on everything else."""
@@ -91,6 +110,9 @@ class ExpressLane:
         self.app, self.path = app, path
         self.security = TransportSecurityMiddleware(security)  # the SDK's Host and Origin check, made once
         self.route, self.call, self.server_info, self.duration = route, call, server_info, duration
+        access_log = logging.getLogger("uvicorn.access")
+        if not any(isinstance(f, SkipAnsweredHere) for f in access_log.filters):
+            access_log.addFilter(SkipAnsweredHere())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
@@ -204,6 +226,7 @@ class ExpressLane:
             finally:
                 self.duration.record(time.perf_counter() - started, metric)
         payload = json.dumps(reply, separators=(",", ":")).encode()
+        answered_here.set(True)
         if streaming:  # the answer ends the event stream the pings began
             await send({"type": "http.response.body", "body": b"event: message\r\ndata: " + payload + b"\r\n\r\n"})
             return

@@ -149,3 +149,16 @@ def test_a_call_on_the_lane_is_counted_logged_and_measured(proxy: ServerProcess)
     scraped = httpx2.get(proxy.base_url + "/metrics").text
     assert "mcp_server_operation_duration_seconds_count{" in scraped
     assert any('gen_ai_tool_name="h__echo"' in line for line in scraped.splitlines() if "duration" in line)
+
+
+def test_a_call_on_the_lane_writes_one_log_line_and_one_passed_on_keeps_its_access_line(proxy: ServerProcess) -> None:
+    lane = call(proxy, "h__echo", {"text": "one line"}, headers={"x-request-id": "lane-call-1"})
+    sdk = call(proxy, "h__echo", {"text": "two lines"}, progress=True, headers={"x-request-id": "sdk-call-1"})
+    assert lane.status_code == sdk.status_code == 200
+
+    def lines_of(request_id: str) -> list[dict[str, Any]]:
+        return [e for e in proxy.events() if e.get("request_id") == request_id]
+
+    settled(lambda: len(lines_of("lane-call-1")) + len(lines_of("sdk-call-1")))
+    assert [e["event"] for e in lines_of("lane-call-1")] == ["forwarded"]
+    assert any(e.get("logger") == "uvicorn.access" for e in lines_of("sdk-call-1"))
