@@ -80,7 +80,7 @@ tracer = trace.get_tracer(INSTRUMENTATION_NAME)
 answered_here: ContextVar[bool] = ContextVar("answered_here", default=False)
 
 
-class SkipAnsweredHere(logging.Filter):
+def skip_answered_here(_record: logging.LogRecord) -> bool:
     """No uvicorn access line for a call the lane answered: its `forwarded` line already says more.
 
     That line names the backend, the tool, the outcome and the time; the
@@ -88,9 +88,7 @@ class SkipAnsweredHere(logging.Filter):
     line costs about as much as the call's span and metrics together).
     Requests the lane passes on keep their access line.
     """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not answered_here.get()
+    return not answered_here.get()
 
 
 class ExpressLane:
@@ -110,9 +108,7 @@ class ExpressLane:
         self.app, self.path = app, path
         self.security = TransportSecurityMiddleware(security)  # the SDK's Host and Origin check, made once
         self.route, self.call, self.server_info, self.duration = route, call, server_info, duration
-        access_log = logging.getLogger("uvicorn.access")
-        if not any(isinstance(f, SkipAnsweredHere) for f in access_log.filters):
-            access_log.addFilter(SkipAnsweredHere())
+        logging.getLogger("uvicorn.access").addFilter(skip_answered_here)  # added once, however often built
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:

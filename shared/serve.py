@@ -15,9 +15,9 @@ top, each for a reason the SDK notes spell out:
   `subscriptions/listen` streams are ended the way the spec calls graceful
   first: uvicorn would otherwise wait the whole grace period for them.
 - HTTP is parsed by httptools (C) and the event loop is uvloop where it
-  exists, uvicorn's own fast path: a proxied call costs 16 % fewer
-  instructions than with the pure-Python h11 and asyncio's loop
-  (bench/proxy_overhead.py; every module gains alike).
+  exists, uvicorn's own fast path: a call through 05's proxy costs 16 %
+  fewer instructions than with the pure-Python h11 and asyncio's loop
+  (5.37 M -> 4.50 M under callgrind), and 01's own call about a fifth fewer.
 """
 
 from __future__ import annotations
