@@ -128,9 +128,9 @@ def build_span_exporter(env: Mapping[str, str]) -> SpanExporter | None:
     if choice == "none":
         return None
     if choice == "otlp":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from shared.otlp import InPlaceOTLPSpanExporter  # the library's exporter, with a faster encoder
 
-        return OTLPSpanExporter()
+        return InPlaceOTLPSpanExporter()
     return LogSpanExporter()
 
 

@@ -13,20 +13,25 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from opentelemetry import metrics, trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.util.types import AttributeValue
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from shared.logs import configure_logging
+from shared.otlp import encode_spans_in_place
 from shared.telemetry import DURATION_BUCKETS, LogSpanExporter, build_span_exporter
 from tests.harness import (
     INITIALIZE,
@@ -230,7 +235,34 @@ def test_exporter_is_chosen_by_the_standard_variables() -> None:
     assert isinstance(build_span_exporter({}), LogSpanExporter)
     assert build_span_exporter({"OTEL_TRACES_EXPORTER": "none"}) is None
     otlp = build_span_exporter({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
-    assert type(otlp).__name__ == "OTLPSpanExporter"
+    assert isinstance(otlp, OTLPSpanExporter)  # the library's, with shared/otlp.py's encoder
+
+
+def test_spans_encode_in_place_to_exactly_the_message_the_library_builds() -> None:
+    """Resource and scopes, a remote parent with trace state, links, events, an exception, every value type."""
+    finished = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "encoding", "replicas": 3}))
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    server = provider.get_tracer("server", "1.0", schema_url="https://example.test/schema", attributes={"x": True})
+    other = provider.get_tracer("other")
+    caller = SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(1), trace_state=TraceState([("k", "v")]))
+    values: dict[str, AttributeValue] = {"s": "x", "i": 3, "f": 1.5, "b": False, "strings": ["a", "b"], "ints": [1, 2]}
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(caller))
+    with server.start_as_current_span(
+        "tools/call divide", kind=SpanKind.SERVER, context=parent, attributes=values, links=[Link(caller, {"n": 1})]
+    ) as span:
+        span.add_event("progress", {"done": "1"})
+        span.record_exception(ZeroDivisionError("division by zero"))
+        span.set_status(Status(StatusCode.ERROR, "cannot divide by zero"))
+        with other.start_as_current_span("child", kind=SpanKind.CLIENT):
+            pass
+    with server.start_as_current_span("plain"):
+        pass
+
+    spans = finished.get_finished_spans()
+    assert encode_spans_in_place(spans) == encode_spans(spans)
+    library = encode_spans(spans).SerializeToString(deterministic=True)
+    assert encode_spans_in_place(spans).SerializeToString(deterministic=True) == library
 
 
 # --- real processes -------------------------------------------------------------------------
