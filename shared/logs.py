@@ -38,16 +38,17 @@ _FIELD = re.compile(
     r"(?i)(['\"]?(?:access_token|refresh_token|client_secret|code_verifier|password)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,&}]+"
 )
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
-# A word each of the three patterns needs. Almost no logged value holds one, and one search that
-# finds none is cheaper than three substitutions: every log line runs this on every value.
-_CLUE = re.compile(r"(?i)bearer|basic|token|secret|verifier|password|eyJ")
+# A word each of the three patterns needs, in lower case. Almost no logged text holds one, and
+# looking for them is far cheaper than three substitutions. Plain substring tests, not a regex: a
+# case-insensitive alternation costs about 8 µs over a log line's text, these a tenth of that.
+_CLUES = ("bearer", "basic", "token", "secret", "verifier", "password", "eyj")
 REDACTED = "[redacted]"
 
 
 def redact(value: Any) -> Any:
     """Mask what looks like a credential; leave everything else as it is."""
     if isinstance(value, str):
-        if _CLUE.search(value) is None:
+        if not _has_clue(value):
             return value
         value = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
         value = _FIELD.sub(lambda m: f"{m.group(1)}{REDACTED}", value)
@@ -61,12 +62,36 @@ def redact(value: Any) -> Any:
 
 def redact_secrets(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: no log line carries a raw token, whoever logged it."""
+    if not _may_hold_a_secret(event_dict):
+        return event_dict
     for key, value in list(event_dict.items()):
         if key.lower() in SENSITIVE_KEYS and value is not None:
             event_dict[key] = REDACTED
         else:
             event_dict[key] = redact(value)
     return event_dict
+
+
+def _may_hold_a_secret(event_dict: EventDict) -> bool:
+    """Whether the line needs the full pass: a sensitive key, a nested value, or a clue in any of its text.
+
+    Nearly every line has none of them, and one look over all of its text is
+    cheaper than one per value.
+    """
+    texts = []
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, Mapping | list | tuple):
+            return True
+        if key in SENSITIVE_KEYS or (not key.islower() and key.lower() in SENSITIVE_KEYS):
+            return True
+    return _has_clue("\n".join(texts))
+
+
+def _has_clue(text: str) -> bool:
+    lowered = text.lower()
+    return any(clue in lowered for clue in _CLUES)
 
 
 def _drop_color_message(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
@@ -140,6 +165,10 @@ def configure_logging(level: str = "info", log_format: LogFormat | None = None, 
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_renderer(log_format, stream)],
     )
+    # Fields of a LogRecord no line here prints, which the standard library would look up for every
+    # record (the logging HOWTO's "Optimization"): the thread, the process, and the caller's frame.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # noqa: SLF001 (the HOWTO names this very attribute)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()
