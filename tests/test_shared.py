@@ -136,8 +136,9 @@ def test_tokens_are_masked_whoever_logs_them(json_log: io.StringIO) -> None:
     logging.getLogger("authlib").warning("Issue token %r", {"access_token": "raw-6", "refresh_token": "raw-7"})
     logging.getLogger("x").warning("got eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJyYXctOCJ9.c2lnbmF0dXJl-raw-8 back")
     structlog.get_logger().info("form", body="grant_type=refresh_token&refresh_token=raw-9&client_secret=raw-10")
+    structlog.get_logger().info("shouted", Authorization="raw-11", detail="BEARER raw-12-credential")
     out = json_log.getvalue()
-    for raw in ("raw-1", "raw-2", "raw-3", "raw-4", "raw-5", "raw-6", "raw-7", "raw-8", "raw-9", "raw-10"):
+    for raw in (f"raw-{n}" for n in range(1, 13)):
         assert raw not in out
     assert REDACTED in out
 
