@@ -84,7 +84,7 @@ def _may_hold_a_secret(event_dict: EventDict) -> bool:
             texts.append(value)
         elif isinstance(value, Mapping | list | tuple):
             return True
-        if key in SENSITIVE_KEYS or (not key.islower() and key.lower() in SENSITIVE_KEYS):
+        if key.lower() in SENSITIVE_KEYS:
             return True
     return _has_clue("\n".join(texts))
 
