@@ -260,9 +260,9 @@ def test_spans_encode_in_place_to_exactly_the_message_the_library_builds() -> No
         pass
 
     spans = finished.get_finished_spans()
-    assert encode_spans_in_place(spans) == encode_spans(spans)
-    library = encode_spans(spans).SerializeToString(deterministic=True)
-    assert encode_spans_in_place(spans).SerializeToString(deterministic=True) == library
+    ours, library = encode_spans_in_place(spans), encode_spans(spans)
+    assert ours == library
+    assert ours.SerializeToString(deterministic=True) == library.SerializeToString(deterministic=True)
 
 
 # --- real processes -------------------------------------------------------------------------
