@@ -102,12 +102,14 @@ class ExpressLane:
         security: TransportSecuritySettings,
         route: Route,
         call: Call,
-        server_info: Callable[[], dict[str, Any]],
+        server_info: Mapping[str, Any],
         duration: metrics.Histogram,
     ) -> None:
         self.app, self.path = app, path
         self.security = TransportSecurityMiddleware(security)  # the SDK's Host and Origin check, made once
-        self.route, self.call, self.server_info, self.duration = route, call, server_info, duration
+        self.route, self.call, self.duration = route, call, duration
+        # Taken once (the SDK hands out a deep copy per access): the lane never changes it, it only serialises it.
+        self.stamp = {SERVER_INFO_KEY: server_info}
         logging.getLogger("uvicorn.access").addFilter(skip_answered_here)  # added once, however often built
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,8 +215,7 @@ class ExpressLane:
                     metric[ERROR_TYPE] = "tool_error"
                     span.set_attribute(ERROR_TYPE, "tool_error")
                     span.set_status(StatusCode.ERROR)
-                stamp = {SERVER_INFO_KEY: self.server_info()}
-                reply["result"] = {**result, "_meta": {**(result.get("_meta") or {}), **stamp}}
+                reply["result"] = {**result, "_meta": {**(result.get("_meta") or {}), **self.stamp}}
             except Failed as failed:
                 streaming, status = failed.streaming, self.failed(failed.error, reply, metric, span)
             except Exception as exc:  # a result we cannot stamp (its `_meta` is not an object): the backend's fault

@@ -864,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         express = Middleware(
             ExpressLane, path=MCP_PATH, security=transport_security(config), call=express_call,
             route=lambda name, scope: serving[-1].express_route(name, scope) if serving else None,
-            server_info=lambda: server.server_info_stamp, duration=telemetry_middleware.duration,
+            server_info=server.server_info_stamp, duration=telemetry_middleware.duration,
         )  # fmt: skip
         serve(server, config, routes=routes, middleware=[Middleware(FrontDoor, proxy_config=current), express])
     finally:
