@@ -21,6 +21,7 @@ same span and histogram point as the SDK's middleware would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -61,6 +62,7 @@ MODERN = "2026-07-28"
 MAX_BODY = 1024 * 1024  # a larger call goes the SDK's way, with its own limit
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 PING_INTERVAL = 15.0  # seconds: as the SDK, a call silent this long turns its response into a pinged stream
+WATCH_AFTER = 0.1  # seconds a call runs before anyone listens for its caller hanging up
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -265,34 +267,55 @@ async def answer(call: Awaitable[dict[str, Any]], receive: Receive, send: Send) 
     still running after `PING_INTERVAL` commits the response to an event stream
     and sends a keep-alive comment every interval, as the SDK does, so that an
     intermediary with an idle timeout does not cut a long call off.
+
+    Most calls are over in milliseconds, so the watcher that listens for the
+    hang-up starts only once a call has run for `WATCH_AFTER`: a caller who
+    hangs up sooner is noticed then, a moment late, as a cancellation may be.
+    The watcher is a bare asyncio task, not a task group: a group's cancel
+    formats the task's repr for its reason and then waits for the watcher to
+    unwind. Per proxied call under callgrind, a task group watching every
+    call cost 0.38 M instructions of 3.86 M; the timer and the scope, 0.08 M.
     """
+    loop = asyncio.get_running_loop()
     streaming = False
+    call_scope = anyio.CancelScope()
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal streaming
+        ping_at = loop.time() + PING_INTERVAL - WATCH_AFTER
         while True:
-            with anyio.move_on_after(PING_INTERVAL):
-                if (await receive())["type"] == "http.disconnect":
-                    tg.cancel_scope.cancel()
-                    return
+            try:
+                async with asyncio.timeout_at(ping_at):
+                    message = await receive()
+            except TimeoutError:
+                if not streaming:
+                    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+                    streaming = True
+                await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                ping_at += PING_INTERVAL
                 continue
-            if not streaming:
-                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-                streaming = True
-            await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+            if message["type"] == "http.disconnect":
+                call_scope.cancel()
+                return
 
-    outcome: tuple[dict[str, Any], bool] | None = None
-    error: Exception | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
-        try:
-            outcome = (await call, False)
-        except Exception as exc:
-            error = exc
-        tg.cancel_scope.cancel()
-    if error is not None:
-        raise Failed(error, streaming)
-    return (outcome[0], streaming) if outcome is not None else None
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER, start_watching)
+    try:
+        with call_scope:
+            return (await call, streaming)
+    except Exception as exc:
+        raise Failed(exc, streaming) from None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+            if streaming:  # a ping may be on its way out: the answer must follow it, not cut into it
+                await asyncio.wait([watcher])
+    return None  # reached only when the caller hung up: the scope swallowed the cancellation
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -39,6 +39,22 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield running
 
 
+def call_body(name: str, arguments: Any, meta: dict[str, Any] | None = None) -> str:
+    params = {"name": name, "arguments": arguments, "_meta": {**ENVELOPE, **(meta or {})}}
+    return json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params})
+
+
+def call_headers(name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": name,
+        **(extra or {}),
+    }
+
+
 def call(
     proxy: ServerProcess,
     name: str,
@@ -48,22 +64,9 @@ def call(
     headers: dict[str, str] | None = None,
     envelope: dict[str, Any] | None = None,
 ) -> httpx2.Response:
-    meta = {**ENVELOPE, **(envelope or {}), **({"progressToken": "p1"} if progress else {})}
-    body = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {"name": name, "arguments": arguments, "_meta": meta},
-    }
-    sent = {
-        "accept": "application/json, text/event-stream",
-        "content-type": "application/json",
-        "mcp-protocol-version": MODERN,
-        "mcp-method": "tools/call",
-        "mcp-name": name,
-        **(headers or {}),
-    }
-    return httpx2.post(proxy.url, content=json.dumps(body), headers=sent, timeout=60)
+    meta = {**(envelope or {}), **({"progressToken": "p1"} if progress else {})}
+    body = call_body(name, arguments, meta)
+    return httpx2.post(proxy.url, content=body, headers=call_headers(name, headers), timeout=60)
 
 
 def answer(response: httpx2.Response) -> tuple[int, Any]:
@@ -114,6 +117,26 @@ def test_a_long_call_on_the_lane_keeps_its_connection_alive_as_the_sdk_does(prox
     assert response.headers["content-type"].startswith("text/event-stream")
     assert ": ping" in response.text
     assert answer(response)[1]["result"]["content"][0]["text"] == "done"
+
+
+@pytest.mark.parametrize("after", [0.02, 0.5])  # before and after the lane starts listening for a hang-up
+def test_a_caller_hanging_up_on_the_lane_cancels_the_backends_call(proxy: ServerProcess, after: float) -> None:
+    def cancelled() -> list[str]:
+        return list(answer(call(proxy, "h__was_cancelled", {}))[1]["result"]["structuredContent"]["result"])
+
+    before = cancelled()
+    with pytest.raises(httpx2.TimeoutException):  # hanging up is how a 2026-07-28 caller cancels
+        httpx2.post(
+            proxy.url,
+            content=call_body("h__slow", {"steps": 1, "delay": 30}),
+            headers=call_headers("h__slow"),
+            timeout=after,
+        )
+    deadline = time.monotonic() + 10
+    while len(cancelled()) == len(before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(cancelled()) == len(before) + 1  # the backend stopped working on it
+    assert answer(call(proxy, "h__echo", {"text": "next"}))[1]["result"]["content"][0]["text"] == "next"
 
 
 def test_what_the_lane_must_not_take_gets_the_sdks_refusal(proxy: ServerProcess) -> None:
