@@ -72,12 +72,15 @@ class ConfigError(ValueError):
 
 
 def parse_addr(value: str, default_port: int) -> Address:
-    """Parse `HOST:PORT`, `:PORT`, `HOST` or `[IPv6]:PORT`.
+    """Parse `HOST:PORT`, `:PORT`, `PORT`, `HOST` or `[IPv6]:PORT`.
 
     An empty host means loopback, never "all interfaces": exposing a server is
-    a decision the user spells out (`--addr 0.0.0.0:8081`).
+    a decision the user spells out (`--addr 0.0.0.0:8081`). A bare number is a
+    port, since no one names a host `8085`.
     """
     text = value.strip()
+    if text.isdigit():
+        text = f":{text}"
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
@@ -106,8 +109,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (try --help)\n")
 
 
-def build_parser(description: str | None, default_port: int, prog: str | None = None) -> argparse.ArgumentParser:
-    """The common flags; a module may add its own before calling `parse_config`."""
+def build_parser(
+    description: str | None, default_port: int, prog: str | None = None, *, http_only: bool = False
+) -> argparse.ArgumentParser:
+    """The common flags; a module may add its own before calling `parse_config`.
+
+    `http_only` is for a server that is not an MCP server (03's authorization
+    server): it has no stdio to offer, so `--help` does not list `-t`, and
+    `-t stdio` is refused rather than ignored (`-t http` still works, so one
+    command line starts every server of the workshop).
+    """
     parser = _Parser(
         prog=prog,
         description=description,
@@ -118,13 +129,14 @@ def build_parser(description: str | None, default_port: int, prog: str | None = 
     parser.add_argument(
         "-t",
         "--transport",
-        default=env(ENV_TRANSPORT, "stdio"),
-        help=f"stdio or http (default: stdio; env {ENV_TRANSPORT})",
+        choices=("http",) if http_only else None,
+        default="http" if http_only else env(ENV_TRANSPORT, "stdio"),
+        help=argparse.SUPPRESS if http_only else f"stdio or http (default: stdio; env {ENV_TRANSPORT})",
     )
     parser.add_argument(
         "--addr",
         default=env(ENV_ADDR, f":{default_port}"),
-        help=f"HOST:PORT to listen on over http; ':PORT' means 127.0.0.1 "
+        help=f"HOST:PORT to listen on over http; ':PORT' or 'PORT' means 127.0.0.1 "
         f"(default: 127.0.0.1:{default_port}; env {ENV_ADDR})",
     )
     parser.add_argument(

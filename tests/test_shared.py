@@ -32,6 +32,7 @@ pytestmark = pytest.mark.anyio
     ("text", "expected"),
     [
         (":8081", Address("127.0.0.1", 8081)),
+        ("8085", Address("127.0.0.1", 8085)),
         ("", Address("127.0.0.1", 9999)),
         ("localhost", Address("localhost", 9999)),
         ("0.0.0.0:80", Address("0.0.0.0", 80)),
@@ -44,7 +45,7 @@ def test_parse_addr(text: str, expected: Address) -> None:
     assert parse_addr(text, default_port=9999) == expected
 
 
-@pytest.mark.parametrize("text", ["::1:8081", "host:http", "host:70000", "[::1", "[nothost]:1"])
+@pytest.mark.parametrize("text", ["::1:8081", "host:http", "host:70000", "[::1", "[nothost]:1", "70000"])
 def test_parse_addr_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_addr(text, default_port=1)
