@@ -437,7 +437,7 @@ class AuthorizationServerApp:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser(__doc__, DEFAULT_PORT)
+    parser = build_parser(__doc__, DEFAULT_PORT, http_only=True)
     parser.add_argument(
         "--allow-loopback-client-metadata",
         action="store_true",

@@ -1049,3 +1049,17 @@ def test_registration_floods_and_secret_guessing_are_throttled() -> None:
         assert {g.status_code for g in guesses} == {401}
         right = httpx2.post(f"{auth.url}/token", data=form, auth=("workshop-machine", MACHINE_SECRET))
         assert right.status_code == 429 and right.headers["retry-after"] == "60"  # guessing must not pay
+
+
+# --- the authorization server's command line -------------------------------------------------
+
+
+def test_the_authorization_server_offers_no_stdio() -> None:
+    """It is an HTTP server only: `--help` does not offer `-t`, and `-t stdio` is refused, not ignored."""
+    shown = run_server(FOLDER, "--help", script="authorization_server.py")
+    assert shown.returncode == 0 and "--addr" in shown.stdout
+    assert "--transport" not in shown.stdout and "stdio" not in shown.stdout
+    refused = run_server(FOLDER, "-t", "stdio", script="authorization_server.py")
+    assert refused.returncode == 2
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("authorization_server.py: error: argument -t/--transport: invalid choice: 'stdio'")
