@@ -15,6 +15,7 @@ wire) is the SDK's own `stdio_server`.
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import stat
 from typing import Any, cast
@@ -35,6 +36,22 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 
 
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can wait on `fd`.
+
+    epoll refuses regular files and some devices, /dev/null among them (EPERM):
+    those never block a read, so they are read without waiting.
+    """
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return False
+    with selectors.DefaultSelector() as selector:
+        try:
+            selector.register(fd, selectors.EVENT_READ)
+        except OSError:
+            return False
+    return True
+
+
 class StdinLines:
     """Lines of the process's stdin, read in a way a signal can interrupt.
 
@@ -46,7 +63,7 @@ class StdinLines:
 
     def __init__(self) -> None:
         self._fd = os.dup(0)
-        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)  # epoll refuses regular files
+        self._pollable = _pollable(self._fd)
         self._saved_stdin = os.dup(0)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)

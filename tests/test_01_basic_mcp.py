@@ -167,6 +167,15 @@ def test_stdout_carries_only_json_rpc_and_every_request_is_answered() -> None:
     ).items()
 
 
+def test_stdin_from_dev_null_ends_cleanly() -> None:
+    """`server.py < /dev/null` is stdin at its end from the start: exit 0, no traceback."""
+    done = run_server(FOLDER, "--log-format", "json")  # no lines: stdin is /dev/null
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert [e["event"] for e in map(parse_json_line, done.stderr.splitlines()) if e][-1] == "stopped"
+
+
 def test_stdio_stops_cleanly_on_sigterm_after_answering_in_flight_calls() -> None:
     proc = subprocess.Popen(
         [sys.executable, str(SERVER), "--log-format", "json"],
