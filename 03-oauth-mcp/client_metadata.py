@@ -8,7 +8,9 @@ itself goes only to the address that was checked:
 
 - the URL is HTTPS, has a path, and carries no userinfo, query, fragment,
   or `.`/`..` segment;
-- its host resolves to public addresses only (loopback only behind the
+- its host resolves to globally routable unicast addresses only, an IPv4
+  address carried inside an IPv6 one (NAT64, 6to4, Teredo, IPv4-mapped or
+  -compatible) judged as the IPv4 it reaches (loopback only behind the
   `--allow-loopback-client-metadata` development flag, and then plain HTTP
   is accepted too);
 - only a 200 counts, redirects are not followed, the body is at most 5 KB,
@@ -37,6 +39,11 @@ from oauth_store import Client, is_loopback_or_https
 MAX_BYTES = 5 * 1024
 FETCH_SECONDS = 5.0
 CACHE_SECONDS = 300
+# RFC 6052's well-known NAT64 prefix ends in the IPv4 address it translates to; RFC 8215's local-use
+# prefix is a network's own, never a public destination.
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 class ClientMetadataError(Exception):
@@ -47,6 +54,30 @@ class ClientMetadataError(Exception):
 class Cached:
     client: Client
     expires_at: float
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address delivers to: a gateway or the kernel unwraps these forms."""
+    found = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if address in NAT64_WELL_KNOWN or address in IPV4_COMPATIBLE:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return [ipv4 for ipv4 in found if ipv4 is not None]
+
+
+def is_public_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a connection to `address` can only reach the public internet.
+
+    The stdlib's `is_global` knows the special-purpose registries but counts
+    multicast as global, and judges 6to4 and NAT64 addresses by their IPv6
+    prefix alone, not by the IPv4 host they end up at.
+    """
+    if not address.is_global or address.is_multicast:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in NAT64_LOCAL_USE:
+            return False
+        return all(is_public_unicast(ipv4) for ipv4 in embedded_ipv4(address))
+    return True
 
 
 def looks_like_metadata_url(client_id: str | None) -> bool:
@@ -88,16 +119,14 @@ class ClientMetadataDocuments:
         return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
     async def check_address(self, host: str, port: int) -> str:
-        """Resolve once, refuse anything but public addresses, and return the address to connect to."""
+        """Resolve once, refuse anything but public unicast addresses, and return the address to connect to."""
         try:
             infos = await anyio.getaddrinfo(host, port, type=0)
         except OSError:
             raise ClientMetadataError("the client_id URL's host does not resolve") from None
         addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
         for address in addresses:
-            mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-            real = mapped or address
-            if not real.is_global and not (self.allow_loopback and real.is_loopback):
+            if not is_public_unicast(address) and not (self.allow_loopback and address.is_loopback):
                 raise ClientMetadataError("the client_id URL points at a private or special address")
         return str(sorted(addresses, key=str)[0])
 
