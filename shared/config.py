@@ -33,6 +33,7 @@ ENV_LOG_LEVEL = "MCP_LOG_LEVEL"
 ENV_LOG_FORMAT = "MCP_LOG_FORMAT"
 ENV_GRACE = "MCP_SHUTDOWN_GRACE"
 ENV_ALLOWED_HOSTS = "MCP_ALLOWED_HOSTS"
+ENV_TRUSTED_PROXIES = "MCP_TRUSTED_PROXIES"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class ServerConfig:
     log_format: LogFormat | None = None  # None: console on a terminal, JSON otherwise
     grace_seconds: int = DEFAULT_GRACE_SECONDS
     allowed_hosts: tuple[str, ...] = field(default=())
+    # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed; none by default.
+    trusted_proxies: tuple[str, ...] = field(default=())
 
 
 class ConfigError(ValueError):
@@ -161,6 +164,13 @@ def build_parser(
         metavar="HOST[,HOST...]",
         help=f"extra Host header values to accept over http, e.g. mcp.example.com:* (env {ENV_ALLOWED_HOSTS})",
     )
+    parser.add_argument(
+        "--trusted-proxies",
+        default=env(ENV_TRUSTED_PROXIES, ""),
+        metavar="ADDR[,ADDR...]",
+        help="addresses or networks of reverse proxies whose X-Forwarded-For is believed "
+        f"(default: none, the peer's own address counts; env {ENV_TRUSTED_PROXIES})",
+    )
     return parser
 
 
@@ -180,6 +190,12 @@ def config_from_args(args: argparse.Namespace, default_port: int) -> ServerConfi
         raise ConfigError(f"invalid shutdown grace {args.shutdown_grace!r}: expected a whole number of seconds")
     grace = int(grace_text)
     hosts = tuple(h.strip() for h in str(args.allowed_hosts).split(",") if h.strip())
+    proxies = tuple(p.strip() for p in str(args.trusted_proxies).split(",") if p.strip())
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"invalid trusted proxy {proxy!r}: expected an IP address or network") from None
     return ServerConfig(
         transport=transport,
         addr=parse_addr(str(args.addr), default_port),
@@ -187,6 +203,7 @@ def config_from_args(args: argparse.Namespace, default_port: int) -> ServerConfi
         log_format=log_format,
         grace_seconds=grace,
         allowed_hosts=hosts,
+        trusted_proxies=proxies,
     )
 
 

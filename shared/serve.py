@@ -245,6 +245,10 @@ def run_uvicorn(app: Starlette, sock: socket.socket, config: ServerConfig, url: 
         timeout_graceful_shutdown=config.grace_seconds,
         server_header=False,
         http=HttpProtocol,  # the event loop stays uvicorn's "auto": uvloop where it is installed
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, so any local client could pose as any
+        # address to a per-address limit; only proxies the user names are believed.
+        proxy_headers=bool(config.trusted_proxies),
+        forwarded_allow_ips=list(config.trusted_proxies),
     )
     end_streams = getattr(app.state, "end_streams", None)  # set by build_http_app
     _Uvicorn(uv_config, url, config.grace_seconds, end_streams).run(sockets=[sock])

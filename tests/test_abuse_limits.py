@@ -1,0 +1,51 @@
+"""Abuse limits of the shared HTTP runner, attacked on the wire against real server processes.
+
+Each attack comes from 127.0.0.1 and the bystander, a normal client that
+must still be served, from 127.0.0.2 (Linux routes all of 127.0.0.0/8 to
+loopback), so a per-address rule can tell the two apart.
+"""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from shared.config import parse_config
+from tests.harness import ServerProcess
+
+pytestmark = pytest.mark.anyio
+
+BYSTANDER = "127.0.0.2"
+CALLBACK = "http://127.0.0.1:3000/callback"
+OAUTH_ENV = {
+    "DEMO_PASSWORD": "demo-password-for-tests",
+    "MACHINE_CLIENT_SECRET": "machine-secret-for-tests",
+    "MCP_SERVER_CLIENT_SECRET": "mcp-server-secret-for-tests",
+}
+
+
+def bystander(base_url: str) -> httpx2.Client:
+    """An HTTP client whose connections come from another loopback address than the attacker's."""
+    return httpx2.Client(base_url=base_url, transport=httpx2.HTTPTransport(local_address=BYSTANDER), timeout=10)
+
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_per_address_registration_limit() -> None:
+    args = ("--resource", "http://127.0.0.1:1/mcp", "--registrations-per-minute", "2")
+    with ServerProcess("03-oauth-mcp", *args, env=OAUTH_ENV, script="authorization_server.py") as auth:
+        body = {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "client_name": "flood"}
+        with httpx2.Client(base_url=auth.url, timeout=10) as attacker:
+            statuses = [attacker.post("/register", json=body).status_code for _ in range(2)]
+            assert statuses == [201, 201]
+            for forged in ("203.0.113.7", "10.0.0.1", "127.0.0.2"):
+                forged_headers = {"X-Forwarded-For": forged, "X-Forwarded-Proto": "https"}
+                assert attacker.post("/register", json=body, headers=forged_headers).status_code == 429
+        with bystander(auth.url) as other:
+            assert other.post("/register", json=body).status_code == 201
+
+
+def test_forwarded_headers_are_believed_only_from_the_proxies_named() -> None:
+    config, _ = parse_config(["--trusted-proxies", "127.0.0.1, 10.0.0.0/8"], default_port=1)
+    assert config.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")
+    assert parse_config([], default_port=1)[0].trusted_proxies == ()
+    with pytest.raises(SystemExit):
+        parse_config(["--trusted-proxies", "proxy.example"], default_port=1)
