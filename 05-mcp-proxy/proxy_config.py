@@ -69,6 +69,7 @@ class Backend:
     restart: Restart = Restart()
     required: bool = False  # /readyz is 503 while a required backend is down
     pinning: str = "block"  # what a changed tool definition does: block, warn or off
+    new_tools: str = "approve"  # a tool a pinned backend adds or renames: approve (wait, like a changed one) or trust
     forward_authorization: bool = False  # pass the caller's Authorization header on (HTTP backends only)
     protocol: str = "auto"  # the era spoken to it: auto, 2025-11-25 (the handshake) or 2026-07-28
     oauth: ClientCredentials | None = None  # the proxy gets its own token for this backend (HTTP only)
@@ -186,6 +187,9 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
     pinning = option(entry, options, "pinning", "block")
     if pinning not in ("block", "warn", "off"):
         raise ConfigError(f"{path}.pinning: expected block, warn or off")
+    new_tools = option(entry, options, "newTools", "approve")
+    if new_tools not in ("approve", "trust"):
+        raise ConfigError(f"{path}.newTools: expected approve or trust")
     protocol = option(entry, options, "protocolVersion", "auto")
     if protocol not in PROTOCOLS:
         raise ConfigError(f"{path}.protocolVersion: expected auto, 2025-11-25 or 2026-07-28")
@@ -217,6 +221,7 @@ def parse_backend(name: str, entry: Any, path: str) -> Backend | None:
         restart=parse_restart(option(entry, options, "restart"), f"{path}.restart"),
         required=bool(option(entry, options, "required", False)),
         pinning=pinning,
+        new_tools=new_tools,
         forward_authorization=forward_authorization,
         protocol=protocol,
         oauth=oauth,

@@ -36,6 +36,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
@@ -60,7 +61,7 @@ from mcp.types import (
 )
 from opentelemetry import metrics, propagate
 from parking import ParkingLot
-from pins import Pins
+from pins import NEW, Pins
 from proxy_config import Backend, ConfigError, ProxyConfig, load_config
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
@@ -177,10 +178,11 @@ class Proxy:
             connection = self.connections.get(backend.name)
             if connection is None:
                 continue
+            known = self.pins.known(backend.name)  # before this listing: its first one pins every tool
             for kind in KINDS:
                 for original in connection.items[kind]:
                     public_key, public = self.publish(backend, kind, original)
-                    if kind == "tools" and (why := self.pinned(backend, original)) is not None:
+                    if kind == "tools" and (why := self.pinned(backend, original, known)) is not None:
                         quarantined[public_key] = why
                         continue
                     if public_key in catalogue[kind]:
@@ -217,29 +219,38 @@ class Proxy:
         key = "uri" if kind == "resources" else "uriTemplate"
         return str(original.get(key)), original
 
-    def pinned(self, backend: Backend, tool: Message) -> str | None:
+    def pinned(self, backend: Backend, tool: Message, known: bool) -> str | None:
         """None when the tool may be offered; else why it is quarantined."""
         if backend.pinning == "off":
             return None
-        changed = self.pins.check(backend.name, tool)
+        trust_new = backend.new_tools == "trust"
+        key = f"{backend.name}/{tool.get('name')}"
+        if known and trust_new and key not in self.pins.pins:
+            log.warning("new tool pinned on first sight (newTools: trust)", server=backend.name, tool=tool.get("name"))
+        changed = self.pins.check(backend.name, tool, known=known, trust_new=trust_new)
         if not changed:
             return None
-        key = f"{backend.name}/{tool.get('name')}"
+        new = changed == [NEW]
         if key + repr(changed) not in self.reported:
             self.reported.add(key + repr(changed))
             pin_violations.add(1, {"server": backend.name})
+            renamed = self.pins.same_as(backend.name, tool) if new else []
             log.warning(
-                "tool definition changed since it was pinned",
+                "new tool on a pinned server" if new else "tool definition changed since it was pinned",
                 server=backend.name,
                 tool=tool.get("name"),
                 changed=changed,
+                **({"same_definition_as": renamed} if renamed else {}),
                 action="quarantined" if backend.pinning == "block" else "allowed (pinning: warn)",
                 approve=f"05-mcp-proxy/server.py --approve {key}",
             )
         if backend.pinning == "warn":
             return None
+        what = f"changed this tool's {', '.join(changed)} since it was approved"
+        if new:
+            what = "offers this tool, which it did not offer when its tools were pinned"
         return (
-            f"the server {backend.name!r} changed this tool's {', '.join(changed)} since it was approved; "
+            f"the server {backend.name!r} {what}; "
             f"it is quarantined until someone runs: 05-mcp-proxy/server.py --approve {key}"
         )
 
@@ -807,6 +818,26 @@ class FrontDoor:
         await self.app(scope, receive, send)
 
 
+class HostGuard:
+    """ASGI middleware: DNS-rebinding protection on every route, not only /mcp (which the SDK guards itself).
+
+    `/readyz` and `/metrics` tell which backends run, their pids and their
+    errors; a web page the user visits must not read them through a rebound
+    name. Same allowed hosts and origins as /mcp, checked by the SDK's code.
+    """
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app, self.guard = app, TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(MCP_PATH):
+            refusal = await self.guard.validate_request(Request(scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def readyz(_request: Request) -> JSONResponse:
     """Each backend's state, last error and tool count; 503 while a required backend is not up."""
     if not serving:
@@ -843,7 +874,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.approve:
         if not pins.approve(args.approve):
-            parser.error(f"no pin named {args.approve!r} in {pins.path}")
+            parser.error(f"no definition of {args.approve!r} waits for approval in {pins.path}")
         print(f"{args.approve}: approved; the running proxy offers its new definition within a second", file=sys.stderr)
         return
     configure_logging(config.log_level, config.log_format)
@@ -866,7 +897,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             route=lambda name, scope: serving[-1].express_route(name, scope) if serving else None,
             server_info=server.server_info_stamp, duration=telemetry_middleware.duration,
         )  # fmt: skip
-        serve(server, config, routes=routes, middleware=[Middleware(FrontDoor, proxy_config=current), express])
+        guard = Middleware(HostGuard, security=transport_security(config))
+        serve(server, config, routes=routes, middleware=[guard, Middleware(FrontDoor, proxy_config=current), express])
     finally:
         telemetry.shutdown()
 

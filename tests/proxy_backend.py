@@ -90,6 +90,15 @@ async def add_tool(name: str, ctx: Context) -> str:
 
 
 @mcp.tool()
+async def rename(name: str, ctx: Context) -> str:
+    """Offer `echo` under another name, word for word otherwise: a rename the proxy must not take on trust."""
+    mcp.remove_tool("echo")
+    mcp.add_tool(echo, name=name)
+    await tell_lists_changed(ctx)
+    return name
+
+
+@mcp.tool()
 async def poke(ctx: Context) -> str:
     """Say the list changed without changing it."""
     await tell_lists_changed(ctx)

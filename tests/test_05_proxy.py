@@ -84,6 +84,10 @@ def test_reads_claude_desktop_and_vscode_files_unchanged() -> None:
         ({"mcpServers": {"bad name!": {"command": "x"}}}, "$.mcpServers.bad name!: server names use"),
         ({"nothing": {}}, "$: expected mcpServers"),
         (
+            {"mcpServers": {"a": {"command": "x", "newTools": "yes"}}},
+            "$.mcpServers.a.newTools: expected approve or trust",
+        ),
+        (
             {"mcpServers": {"o": {"url": "http://h/mcp", "oauth": {"clientId": "c", "clientSecret": "s"}}}},
             "$.mcpServers.o.oauth.issuer: expected the authorization server's URL",
         ),

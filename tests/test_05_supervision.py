@@ -109,7 +109,8 @@ def readyz(proxy: ServerProcess) -> dict[str, Any]:
 @pytest.mark.parametrize("protocol", ["2025-11-25", "2026-07-28"])
 async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all(tmp_path: Path, protocol: str) -> None:
     # The backend tells the proxy on its 2025-11-25 session, or on the 2026-07-28 subscription the proxy holds.
-    with proxy_for(tmp_path, {"b": stdio_backend(protocolVersion=protocol)}) as proxy:
+    # `newTools: trust` lets the added tool through unapproved (pinned on first sight, with a log line).
+    with proxy_for(tmp_path, {"b": stdio_backend(protocolVersion=protocol, newTools="trust")}) as proxy:
         events: list[object] = []
         legacy_events: list[object] = []
 
@@ -139,6 +140,7 @@ async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all
             assert (len(events), len(legacy_events)) == (1, 1)
             assert "b__extra" in await tool_names(client)
             assert text(await client.call_tool("b__extra", {"text": "new"})) == "new"
+            assert any(e.get("event") == "new tool pinned on first sight (newTools: trust)" for e in proxy.events())
             tg.cancel_scope.cancel()
 
 
@@ -260,6 +262,47 @@ async def test_a_changed_tool_definition_is_quarantined_until_approved(tmp_path:
             assert approved.returncode == 0, approved.stderr
             await eventually(lambda: _with(client, "b__echo"))
             assert text(await client.call_tool("b__echo", {"text": "back"})) == "back"
+
+
+async def test_a_tool_a_pinned_server_adds_or_renames_is_quarantined_until_approved(tmp_path: Path) -> None:
+    # Trust on first use is per server: once its tools are pinned, a name it did not offer then is not trusted,
+    # neither a new tool nor `echo` renamed `delete_everything` with the same description.
+    with proxy_for(tmp_path, {"b": stdio_backend()}) as proxy:
+        async with http_client(proxy.url) as client, http_client(proxy.url) as bystander:
+            assert "b__echo" in await tool_names(client)
+            await client.call_tool("b__add_tool", {"name": "extra"})
+            await client.call_tool("b__rename", {"name": "delete_everything"})
+            await eventually(lambda: _without(client, "b__echo"))
+            names = await tool_names(client)
+            assert "b__extra" not in names and "b__delete_everything" not in names
+            for name, arguments in (("b__extra", {"text": "hi"}), ("b__delete_everything", {"text": "hi"})):
+                with pytest.raises(MCPError) as raised:
+                    await client.call_tool(name, arguments)
+                assert raised.value.error.code == -32602
+                assert "quarantined" in raised.value.error.message and "did not offer" in raised.value.error.message
+            events = [e for e in proxy.events() if e.get("event") == "new tool on a pinned server"]
+            assert {e["tool"] for e in events} == {"extra", "delete_everything"}
+            assert [e.get("same_definition_as") for e in events if e["tool"] == "delete_everything"] == [["echo"]]
+            metrics = httpx2.get(proxy.base_url + "/metrics").text
+            assert re.search(r'mcp_proxy_pin_violations_total\{[^}]*server="b"[^}]*\} 2\.0', metrics)
+            assert (await bystander.call_tool("b__whoami", {})).is_error is False  # the rest keeps serving
+            approved = run_server(FOLDER, "--approve", "b/delete_everything", "--config", str(tmp_path / "proxy.json"))
+            assert approved.returncode == 0, approved.stderr
+            await eventually(lambda: _with(client, "b__delete_everything"))
+            assert text(await client.call_tool("b__delete_everything", {"text": "back"})) == "back"
+            assert "b__extra" not in await tool_names(client)  # approving one tool approves only that one
+
+
+async def test_readyz_and_metrics_refuse_a_foreign_host_or_origin(tmp_path: Path) -> None:
+    # A web page on a rebound name (evil.example -> 127.0.0.1) must not read which backends run and their pids.
+    with proxy_for(tmp_path, {"b": stdio_backend()}) as proxy:
+        for path in ("/readyz", "/metrics", "/healthz"):
+            assert httpx2.get(proxy.base_url + path, headers={"Host": "evil.example"}).status_code == 421, path
+            foreign = {"Origin": "http://evil.example"}
+            assert httpx2.get(proxy.base_url + path, headers=foreign).status_code == 403, path
+            assert httpx2.get(proxy.base_url + path).status_code == 200, path
+        async with http_client(proxy.url) as client:
+            assert text(await client.call_tool("b__echo", {"text": "still here"})) == "still here"
 
 
 async def _with(client: Client, name: str) -> bool:
