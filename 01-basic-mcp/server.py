@@ -17,6 +17,7 @@ from pydantic import Field
 
 from shared import configure_logging, parse_config, serve
 from shared.logs import log_requests
+from shared.mcp_server import project_version, refuse_unknown_tools
 from shared.tools import add_numbers, echo_message
 
 DEFAULT_PORT = 8081
@@ -25,9 +26,11 @@ log = structlog.get_logger("basic-mcp")
 
 mcp = MCPServer(
     "basic-mcp",
+    version=project_version(),
     instructions="A workshop server: echo a message, add two numbers, or run a countdown.",
     middleware=[log_requests],  # one log line per request, on stderr
 )
+refuse_unknown_tools(mcp)  # an unknown tool is a protocol error (-32602), as the spec says
 
 # Tools are what the model can *do*. These two are plain typed functions from
 # shared/tools.py, shared by every module: the type hints become the input

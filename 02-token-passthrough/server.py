@@ -20,6 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from shared import Secret, caller_token, configure_logging, parse_config, serve
 from shared.config import build_parser
 from shared.logs import log_requests
+from shared.mcp_server import project_version, refuse_unknown_tools
 from shared.tools import add_numbers, echo_message
 from shared.upstream import EMBEDDED_ANYTHING, Caller, Rejected, UpstreamReply, build_upstream_app, send_message
 
@@ -59,9 +60,11 @@ upstream_app = build_upstream_app(verify_upstream_token)
 
 mcp = MCPServer(
     "token-passthrough",
+    version=project_version(),
     instructions="Shows the caller's token as a masked hint, and calls an upstream API on the caller's behalf.",
     middleware=[log_requests],
 )
+refuse_unknown_tools(mcp)
 mcp.add_tool(echo_message)
 mcp.add_tool(add_numbers)
 

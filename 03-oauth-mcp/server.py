@@ -30,6 +30,7 @@ from starlette.middleware import Middleware
 from shared import Secret, configure_logging, parse_config
 from shared.config import build_parser
 from shared.logs import log_requests
+from shared.mcp_server import project_version, refuse_unknown_tools
 from shared.serve import bound_address, build_http_app, listen, mcp_url, run_uvicorn
 from shared.tools import add_numbers, echo_message
 from shared.upstream import (
@@ -78,6 +79,7 @@ def create_server(
     """The MCP server for one canonical URL: the audience its tokens must carry."""
     mcp: MCPServer[Any] = MCPServer(
         "oauth-mcp",
+        version=project_version(),
         instructions="Tells you who you are, according to your OAuth access token.",
         middleware=[log_requests],
         token_verifier=verifier,
@@ -89,6 +91,7 @@ def create_server(
             validate_token_resource=True,
         ),
     )
+    refuse_unknown_tools(mcp)
     for tool in (who_am_i, show_auth_token, echo_message, add_numbers):
         mcp.add_tool(tool)
     upstream_app = build_upstream_app(

@@ -12,15 +12,13 @@ from collections.abc import Sequence
 
 import structlog
 from mcp.server import MCPServer
-from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.shared.exceptions import MCPError
-from mcp.types import INVALID_PARAMS
 from starlette.routing import Route
 
 from shared import configure_logging, parse_config, serve
 from shared.config import build_parser
 from shared.logs import log_requests
+from shared.mcp_server import project_version, refuse_unknown_tools
 from shared.telemetry import RecentSpans, TelemetryMiddleware, metrics_endpoint, setup_telemetry
 from shared.tools import add_numbers, echo_message
 
@@ -35,32 +33,14 @@ recent_spans = RecentSpans()
 telemetry = TelemetryMiddleware(record_payloads=os.environ.get(RECORD_PAYLOADS_ENV, "") == "true")
 
 
-known_tools: set[str] = set()
-
-
-async def reject_unknown_tools(ctx: ServerRequestContext[object, object], call_next: CallNext) -> HandlerResult:
-    """An unknown tool is a protocol error (-32602) in the MCP spec; the SDK answers with a tool result instead.
-
-    For telemetry the difference matters: a protocol error is a different
-    `error.type` from a tool that failed, and its made-up name stays out of
-    the metric labels.
-    """
-    if ctx.method == "tools/call":
-        name = (ctx.params or {}).get("name")
-        if name not in known_tools:  # look again on a miss only: tools may be added while the server runs
-            known_tools.clear()
-            known_tools.update(tool.name for tool in await mcp.list_tools())
-        if name not in known_tools:
-            raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {name}")
-    return await call_next(ctx)
-
-
 mcp = MCPServer(
     "observability",
+    version=project_version(),
     instructions="Echo, add and divide, with every call traced, measured and logged. Read telemetry://recent-spans.",
-    # Outermost first, all inside the SDK's own span: measure, then log, then refuse unknown tools.
-    middleware=[telemetry, log_requests, reject_unknown_tools],
+    # Outermost first, all inside the SDK's own span: measure, then log.
+    middleware=[telemetry, log_requests],
 )
+refuse_unknown_tools(mcp)  # innermost: the span and the log line show the -32602 it answers
 mcp.add_tool(echo_message)
 mcp.add_tool(add_numbers)
 

@@ -95,6 +95,9 @@ class ProxyConfig:
     # Bearer tokens a client must present at /mcp (none means open), each with the backends it opens (None: all).
     auth_tokens: tuple[tuple[str, frozenset[str] | None], ...] = ()
     pins_file: str | None = None
+    # serverInfo from `mcpProxy.name`/`version`; no version there means the project's own.
+    name: str = "mcp-proxy"
+    version: str | None = None
 
 
 def expand(value: Any, path: str) -> Any:
@@ -285,7 +288,11 @@ def parse_config(data: Any) -> ProxyConfig:
     pins_file = proxy_options.get("pinsFile")
     if pins_file is not None and not isinstance(pins_file, str):
         raise ConfigError("$.mcpProxy.options.pinsFile: expected a path")
-    return ProxyConfig(tuple(backends), tokens, pins_file)
+    about = data.get("mcpProxy") or {}
+    for attribute in ("name", "version"):
+        if attribute in about and not (isinstance(about[attribute], str) and about[attribute]):
+            raise ConfigError(f"$.mcpProxy.{attribute}: expected a non-empty string")
+    return ProxyConfig(tuple(backends), tokens, pins_file, about.get("name", "mcp-proxy"), about.get("version"))
 
 
 def load_config(path: Path) -> ProxyConfig:

@@ -74,6 +74,7 @@ from supervisor import Connection, Unavailable
 from shared import configure_logging, parse_config, serve
 from shared.config import build_parser
 from shared.context import bearer_token
+from shared.mcp_server import project_version
 from shared.serve import MCP_PATH, transport_security
 from shared.telemetry import INSTRUMENTATION_NAME, TelemetryMiddleware, metrics_endpoint, setup_telemetry
 
@@ -521,7 +522,8 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
             raise MCPError(code=-32603, message=str(exc)) from None
 
     return Server(
-        "mcp-proxy",
+        config.name,
+        version=config.version or project_version(),
         instructions="Tools, prompts and resources of several MCP servers; names start with the server's prefix.",
         lifespan=lifespan,
         on_list_tools=list_tools,

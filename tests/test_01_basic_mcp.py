@@ -14,6 +14,7 @@ import anyio
 import httpx2
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from tests.harness import (
     HTTP_TIMEOUT,
@@ -92,9 +93,9 @@ async def test_missing_and_out_of_range_arguments_are_named() -> None:
 
 async def test_unknown_tool() -> None:
     async with Client(server.mcp) as client:
-        result = await client.call_tool("no_such_tool", {})
-    assert result.is_error
-    assert text(result) == "Unknown tool: no_such_tool"
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("no_such_tool", {})
+    assert (raised.value.error.code, raised.value.error.message) == (-32602, "Unknown tool: no_such_tool")
 
 
 async def test_countdown_reports_progress() -> None:
