@@ -22,6 +22,7 @@ top, each for a reason the SDK notes spell out:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import re
@@ -54,6 +55,7 @@ log = structlog.get_logger("shared.serve")
 MCP_PATH = "/mcp"
 LOOPBACK_HOST_PATTERNS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names to warn about, not to bind
+HEADER_TIMEOUT = 5.0  # seconds a client has to send a request's headers; a real one needs milliseconds
 
 
 def mcp_url(addr: Address) -> str:
@@ -169,16 +171,53 @@ def bind_socket(addr: Address) -> socket.socket:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with header values stripped of their surrounding whitespace.
+    """uvicorn's httptools protocol, with header values trimmed and a deadline for the headers.
 
     RFC 9110 (section 5.5) says a field value excludes the spaces and tabs
     around it, and the MCP conformance suite sends `Mcp-Name:  echo  ` to check
     that a server compares `echo`. llhttp, the parser inside httptools, leaves
     the trailing ones in; h11, uvicorn's other parser, strips both.
+
+    uvicorn has no header timeout in either parser: a connection that never
+    finishes its request line and headers stays open for good, so a few
+    hundred of them hold the server's sockets (slowloris). Each request's
+    headers, and a new connection's first byte, get HEADER_TIMEOUT seconds.
     """
+
+    header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_header_deadline()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value.strip(b" \t"))
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        if self.header_deadline is None:
+            self.header_deadline = self.loop.call_later(HEADER_TIMEOUT, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 class _Uvicorn(uvicorn.Server):

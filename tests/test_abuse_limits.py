@@ -7,10 +7,15 @@ loopback), so a per-address rule can tell the two apart.
 
 from __future__ import annotations
 
+import selectors
+import socket
+import time
+
 import httpx2
 import pytest
 
 from shared.config import parse_config
+from shared.serve import HEADER_TIMEOUT
 from tests.harness import ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -49,3 +54,46 @@ def test_forwarded_headers_are_believed_only_from_the_proxies_named() -> None:
     assert parse_config([], default_port=1)[0].trusted_proxies == ()
     with pytest.raises(SystemExit):
         parse_config(["--trusted-proxies", "proxy.example"], default_port=1)
+
+
+def test_requests_whose_headers_never_finish_are_closed_after_the_header_timeout() -> None:
+    with ServerProcess("01-basic-mcp") as server:
+        started = time.monotonic()
+        slow = []
+        for n in range(300):
+            connection = socket.create_connection(("127.0.0.1", server.port))
+            if n % 2:  # half of them send part of a request, the others nothing at all
+                connection.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Never-Finished: ")
+            slow.append(connection)
+        try:
+            with bystander(server.base_url) as other:
+                assert other.get("/healthz").json() == {"status": "ok"}
+            closed = wait_until_closed(slow, HEADER_TIMEOUT + 3)
+            assert len(closed) == len(slow), f"{len(slow) - len(closed)} of {len(slow)} connections still open"
+            assert time.monotonic() - started >= HEADER_TIMEOUT - 0.5  # closed by the deadline, not at once
+            with bystander(server.base_url) as other:
+                assert other.get("/healthz").json() == {"status": "ok"}
+        finally:
+            for connection in slow:
+                connection.close()
+
+
+def wait_until_closed(connections: list[socket.socket], seconds: float) -> set[socket.socket]:
+    """The connections the server closed (an end of file to read) within `seconds`."""
+    closed: set[socket.socket] = set()
+    with selectors.DefaultSelector() as selector:
+        for connection in connections:
+            selector.register(connection, selectors.EVENT_READ)
+        deadline = time.monotonic() + seconds
+        while len(closed) < len(connections) and (left := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(left):
+                connection = key.fileobj
+                assert isinstance(connection, socket.socket)
+                try:
+                    data = connection.recv(4096)
+                except ConnectionError:
+                    data = b""
+                if not data:
+                    closed.add(connection)
+                    selector.unregister(connection)
+    return closed
