@@ -166,7 +166,8 @@ def bind_socket(addr: Address) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
+    # Not inheritable (Python's default, PEP 446): uvicorn serves it in this process, and a child that held
+    # it (05's stdio backends) would keep the port taken after the server exits.
     return sock
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +155,38 @@ async def test_tools_of_every_live_backend_under_their_prefix(proxied: ServerPro
                      "t_divide_numbers", "t_simulate_crash"]  # fmt: skip
     assert via_stdio.content[0].text == "Echo: to 01"  # type: ignore[union-attr]
     assert via_http.structured_content == {"result": 3}
+
+
+def listening_socket_inode(port: int) -> str:
+    """The inode of the socket listening on `port`, from the kernel's own table (state 0A is LISTEN)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended while we looked
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+async def test_stdio_backends_do_not_hold_the_proxys_listening_socket(proxied: ServerProcess) -> None:
+    """A backend holding it would keep the port taken after the proxy exits, and could accept its clients."""
+    async with http_client(proxied.url) as client:
+        await client.call_tool("basic__echo_message", {"message": "start the backend"})
+    assert proxied.proc is not None
+    inode = listening_socket_inode(int(proxied.url.rsplit(":", 1)[1].split("/")[0]))
+    backends = children_of(proxied.proc.pid)
+    assert backends, "the stdio backend is a child of the proxy"
+    held = {pid for pid in backends for fd in Path(f"/proc/{pid}/fd").iterdir()
+            if os.readlink(fd) == f"socket:[{inode}]"}  # fmt: skip
+    assert held == set()
 
 
 async def test_a_filtered_or_unknown_tool_never_reaches_a_backend(proxied: ServerProcess) -> None:
