@@ -150,3 +150,32 @@ async def test_claude_http_entry_bridges_with_the_pinned_mcp_remote(servers: dic
 def test_tests_named_in_readmes_exist(readme: Path) -> None:
     for path, name in re.findall(r"(tests/test_\w+\.py)::(\w+)", readme.read_text()):
         assert f"def {name}(" in (REPO / path).read_text(), f"{readme} names {path}::{name}, which does not exist"
+
+
+def layout() -> dict[str, str]:
+    """The root README's layout block: each entry (a line that starts in column one) with its description."""
+    text = (REPO / "README.md").read_text()
+    body = re.search(r"^## Layout\n\n```\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert body, "the root README has a ## Layout block"
+    entries: dict[str, str] = {}
+    for line in body[1].splitlines():
+        if not line.startswith(" "):
+            name, _, description = line.partition(" ")
+            entries[name] = description
+        else:
+            entries[name] += line
+    return entries
+
+
+def test_the_root_readme_layout_is_the_tree() -> None:
+    """Every tracked top-level entry is listed (and nothing that is not there), every file of a module named."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    entries = layout()
+    top = {path.split("/")[0] + ("/" if "/" in path else "") for path in tracked if not path.startswith(".")}
+    listed = {name.split("/")[0] + ("/" if "/" in name else "") for name in entries if not name.startswith(".")}
+    assert listed == top - {"README.md"}
+    assert all((REPO / name).exists() for name in entries)
+    for folder in sorted(name for name in entries if name.startswith("0")):
+        files = {path.removeprefix(folder) for path in tracked if path.startswith(folder)}
+        named = set(re.findall(r"[\w-]+\.(?:py|json|md)\b", entries[folder]))
+        assert named == files, f"{folder}: the layout names {sorted(named)}, the folder holds {sorted(files)}"
