@@ -11,6 +11,7 @@ with a key published at /jwks, for exactly one resource.
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hmac
 import html
@@ -28,8 +29,9 @@ import redis
 import structlog
 from authlib.oauth2.base import OAuth2Error
 from client_metadata import ClientMetadataDocuments, ClientMetadataError, looks_like_metadata_url
+from mcp.server.transport_security import RequestBodyLimitMiddleware
 from oauth_core import TOKEN_EXCHANGE, FormRequest, KeyRing, OAuthServer
-from oauth_store import Client, MemoryStore, Store, is_loopback_or_https, open_store
+from oauth_store import Client, MemoryStore, Store, is_loopback_or_https, open_store, redirect_origin
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -45,10 +47,14 @@ from shared.upstream import EMBEDDED_URL
 DEFAULT_PORT = 9000
 DEFAULT_RESOURCE = "http://127.0.0.1:8083/mcp"
 SCOPES = ["mcp:read", "mcp:admin"]
+BASE_SCOPE = "mcp:read"  # what a client gets when it asks for nothing in particular
 DEMO_USER = "demo"
 MACHINE_CLIENT_ID = "workshop-machine"
 MCP_SERVER_CLIENT_ID = "workshop-mcp-server"  # the MCP server itself, when it exchanges tokens
 PENDING_SECONDS = 600
+MAX_PENDING = 1000  # sign-in pages open at once; the oldest goes first
+MAX_QUERY_BYTES = 4096  # an authorization request's query string, `state` included
+MAX_BODY_BYTES = 64 * 1024  # registrations and forms are small; nothing bigger is read
 
 log = structlog.get_logger("authorization-server")
 
@@ -89,6 +95,39 @@ def too_many(window: float) -> JSONResponse:
     return JSONResponse(body, status_code=429, headers={"Retry-After": str(int(window))})
 
 
+def repeated_parameter(items: Sequence[tuple[str, object]]) -> str | None:
+    """The first parameter sent twice: RFC 6749 §3.1 makes such a request invalid, whatever the values."""
+    seen: set[str] = set()
+    for key, _ in items:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def invalid_request(description: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": "invalid_request", "error_description": description}, status_code=status)
+
+
+def same_text(expected: str, given: str) -> bool:
+    """Constant-time comparison of any two strings (`hmac.compare_digest` refuses non-ASCII `str`)."""
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """RFC 6749 §2.3.1 Basic credentials, or `None` if the header is not Basic; `ValueError` if malformed."""
+    if not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip().encode("ascii"), validate=True).decode("utf-8")
+    except (UnicodeError, binascii.Error):
+        raise ValueError("malformed Basic credentials") from None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon:
+        raise ValueError("malformed Basic credentials")
+    return unquote(client_id), unquote(secret)
+
+
 @dataclass
 class Pending:
     """An authorization request waiting for the user's answer on the consent page."""
@@ -122,9 +161,10 @@ class AuthorizationServerApp:
         self.keys = KeyRing(self.store)
         self.documents = ClientMetadataDocuments(" ".join(SCOPES), allow_loopback_client_metadata)
         self.oauth = OAuthServer(issuer, resources, SCOPES, self.store, self.keys, self.documents.cached)
-        self.pending: dict[str, Pending] = {}
+        self.pending: dict[str, Pending] = {}  # in insertion order, so the oldest is first
         self.registrations = RateLimit(limit=registrations_per_minute, window=60)  # per address: floods
         self.failed_client_auth = RateLimit(limit=10, window=60)  # per client: secret guessing
+        self.failed_sign_ins = RateLimit(limit=5, window=60)  # per page, per client, per address: passwords
 
     def app(self, rotate_keys_every: float = 0, middleware: Sequence[Middleware] = ()) -> Starlette:
         @contextlib.asynccontextmanager
@@ -137,7 +177,8 @@ class AuthorizationServerApp:
 
         return Starlette(
             lifespan=lifespan,
-            middleware=list(middleware),
+            # Nothing is read whole beyond this, before any credential is looked at.
+            middleware=[*middleware, Middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)],
             routes=[
                 Route("/.well-known/oauth-authorization-server", self.metadata),
                 Route("/jwks", self.jwks),
@@ -208,17 +249,22 @@ class AuthorizationServerApp:
                 "invalid_client_metadata", f"unsupported token_endpoint_auth_method {method}"
             )
         grant_types = body.get("grant_types") or ["authorization_code", "refresh_token"]
+        if not isinstance(grant_types, list) or not all(isinstance(g, str) for g in grant_types):
+            return self.registration_error("invalid_client_metadata", "grant_types must be a list of strings")
         if not set(grant_types) <= {"authorization_code", "refresh_token"}:
             return self.registration_error("invalid_client_metadata", "only authorization_code and refresh_token")
+        scope = body.get("scope") or BASE_SCOPE
+        if not isinstance(scope, str) or not set(scope.split()) <= set(SCOPES):
+            return self.registration_error("invalid_client_metadata", f"scope must be among {' '.join(SCOPES)}")
         client = Client(
             client_id=secrets.token_urlsafe(16),  # never an https:// URL: those name metadata documents
             client_name=str(body.get("client_name") or "unnamed client")[:100],
             redirect_uris=redirect_uris,
             grant_types=list(grant_types),
             token_endpoint_auth_method=method,
-            # Any scope this server knows: a client asks for some of them at each authorization, the user
-            # consents to those, and a client that later needs more (step-up) asks again, without re-registering.
-            scope=" ".join(SCOPES),
+            # What it gets when it asks for nothing: the base scope unless it registered for more. More is
+            # still only a request: the user consents to each scope, which is how step-up works.
+            scope=" ".join(dict.fromkeys(scope.split())),
             client_secret=None if method == "none" else secrets.token_urlsafe(32),
         )
         self.store.save_client(client)
@@ -233,6 +279,10 @@ class AuthorizationServerApp:
         """GET shows the sign-in and consent page; POST carries the user's answer."""
         if request.method == "POST":
             return await self.answer(request)
+        if repeated := repeated_parameter(request.query_params.multi_items()):
+            return invalid_request(f"the parameter {repeated} is sent more than once")  # no redirect: which one?
+        if len(request.url.query) > MAX_QUERY_BYTES:
+            return invalid_request("the authorization request is too large", 414)
         query = dict(request.query_params)
         if refusal := await self.load_client_metadata(query.get("client_id")):
             return refusal
@@ -242,16 +292,28 @@ class AuthorizationServerApp:
         except OAuth2Error as error:
             return self.add_iss(self.oauth.handle_error_response(oauth_request, error))
         request_id, csrf = secrets.token_urlsafe(16), secrets.token_urlsafe(32)
-        self.pending[request_id] = Pending(query, csrf, time.time() + PENDING_SECONDS)
+        self.remember(request_id, Pending(query, csrf, time.time() + PENDING_SECONDS))
         return self.consent_page(grant.client, query, request_id, csrf)
 
+    def remember(self, request_id: str, pending: Pending) -> None:
+        """Keep a sign-in page's request: expired ones go, and past MAX_PENDING the oldest goes too."""
+        now = time.time()
+        for stale in [key for key, value in self.pending.items() if value.expires_at < now]:
+            del self.pending[stale]
+        while len(self.pending) >= MAX_PENDING:
+            del self.pending[next(iter(self.pending))]
+        self.pending[request_id] = pending
+
     async def answer(self, request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        fields = (await request.form()).multi_items()
+        if repeated_parameter(fields):
+            return HTMLResponse("This form was not sent by the sign-in page.", 400, PAGE_HEADERS)
+        form = {k: str(v) for k, v in fields}
         request_id = form.get("request_id", "")
         pending = self.pending.get(request_id)
         if pending is None or pending.expires_at < time.time():
             return HTMLResponse("This sign-in page has expired. Start again from your app.", 400, PAGE_HEADERS)
-        if not hmac.compare_digest(pending.csrf, form.get("csrf", "")):
+        if not same_text(pending.csrf, form.get("csrf", "")):
             return HTMLResponse("This form was not sent by the sign-in page.", 403, PAGE_HEADERS)
         if refusal := await self.load_client_metadata(pending.query.get("client_id")):
             return refusal
@@ -262,9 +324,17 @@ class AuthorizationServerApp:
             return self.add_iss(self.oauth.handle_error_response(oauth_request, error))
         user: str | None = None
         if form.get("decision") == "allow":
+            address = request.client.host if request.client else "unknown"
+            keys = [f"page:{request_id}", f"client:{grant.client.client_id}", f"address:{address}"]
+            if any(self.failed_sign_ins.exceeded(key) for key in keys):
+                # Even the right password waits until the window has passed: guessing must not pay.
+                message = "Too many wrong passwords. Wait a minute, then try again."
+                return self.consent_page(grant.client, pending.query, request_id, pending.csrf, message, 429)
             user = form.get("username", "")
-            if not hmac.compare_digest(self.users.get(user, secrets.token_hex(8)), form.get("password", "")):
+            if not same_text(self.users.get(user, secrets.token_hex(8)), form.get("password", "")):
                 log.warning("sign-in failed", username=user[:50])
+                for key in keys:
+                    self.failed_sign_ins.add(key)
                 message = "Wrong username or password."
                 return self.consent_page(grant.client, pending.query, request_id, pending.csrf, message)
             log.info("authorization granted", subject=user, client_id=grant.client.client_id)
@@ -280,13 +350,15 @@ class AuthorizationServerApp:
         return response
 
     def consent_page(
-        self, client: Client, query: dict[str, str], request_id: str, csrf: str, error: str = ""
+        self, client: Client, query: dict[str, str], request_id: str, csrf: str, error: str = "", status: int = 401
     ) -> Response:
         esc = html.escape
-        redirect_host = urlsplit(query.get("redirect_uri", "")).netloc
-        scopes = "".join(
-            f"<li>{esc(s)}</li>" for s in client.get_allowed_scope(query.get("scope") or client.scope).split()
-        )
+        # The registered redirect URI the request names (authlib checked it), as its checked origin.
+        origin = redirect_origin(query.get("redirect_uri") or client.get_default_redirect_uri() or "")
+        if origin is None:
+            return invalid_request("the redirect URI is not a usable URL")
+        redirect_host = urlsplit(origin).netloc
+        scopes = "".join(f"<li>{esc(s)}</li>" for s in self.oauth.scope_for(client, query.get("scope")).split())
         warning = ""
         loopback = ("127.0.0.1", "localhost", "::1")
         if looks_like_metadata_url(client.client_id) and all(
@@ -316,12 +388,10 @@ class AuthorizationServerApp:
 </form>
 </body></html>"""
         # The form posts here, and the answer redirects to the client: browsers check both against form-action.
-        parts = urlsplit(query.get("redirect_uri", ""))
-        csp = PAGE_HEADERS["Content-Security-Policy"].replace(
-            "form-action 'self'", f"form-action 'self' {parts.scheme}://{parts.netloc}"
-        )
+        # The origin is rebuilt from a parsed, checked URL, never copied from what the client sent.
+        csp = PAGE_HEADERS["Content-Security-Policy"].replace("form-action 'self'", f"form-action 'self' {origin}")
         headers = PAGE_HEADERS | {"Content-Security-Policy": csp}
-        return HTMLResponse(body, status_code=401 if error else 200, headers=headers)
+        return HTMLResponse(body, status_code=status if error else 200, headers=headers)
 
     @property
     def admin_resource(self) -> str:
@@ -350,14 +420,13 @@ class AuthorizationServerApp:
 
     def authenticated_client(self, request: Request, form: dict[str, str]) -> Client | None:
         """The client a request authenticates as: HTTP Basic for confidential clients, client_id for public ones."""
-        basic = request.headers.get("authorization", "")
-        if basic.lower().startswith("basic "):
-            try:
-                client_id, _, secret = base64.b64decode(basic[6:]).decode().partition(":")
-            except ValueError:
-                return None
-            client = self.store.get_client(unquote(client_id))
-            return client if client is not None and client.check_client_secret(unquote(secret)) else None
+        try:
+            credentials = basic_credentials(request.headers.get("authorization", ""))
+        except ValueError:
+            return None
+        if credentials is not None:
+            client = self.store.get_client(credentials[0])
+            return client if client is not None and client.check_client_secret(credentials[1]) else None
         client = self.store.get_client(form.get("client_id", ""))
         return client if client is not None and client.client_secret is None else None  # a public client
 
@@ -411,7 +480,15 @@ class AuthorizationServerApp:
         return None
 
     async def token(self, request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        fields = (await request.form()).multi_items()
+        if repeated := repeated_parameter([*fields, *request.query_params.multi_items()]):
+            return invalid_request(f"the parameter {repeated} is sent more than once")
+        try:
+            basic_credentials(request.headers.get("authorization", ""))
+        except ValueError as exc:
+            body = {"error": "invalid_client", "error_description": str(exc)}
+            return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Basic"})
+        form = {k: str(v) for k, v in fields}
         if refusal := await self.load_client_metadata(form.get("client_id")):
             return refusal
         claimed = self.claimed_client_id(request, form)
@@ -427,13 +504,11 @@ class AuthorizationServerApp:
     @staticmethod
     def claimed_client_id(request: Request, form: dict[str, str]) -> str:
         """The client a token request says it is, before anything is verified."""
-        basic = request.headers.get("authorization", "")
-        if basic.lower().startswith("basic "):
-            try:
-                return unquote(base64.b64decode(basic[6:]).decode().partition(":")[0])
-            except ValueError:
-                return "malformed"
-        return form.get("client_id", "unknown")
+        try:
+            credentials = basic_credentials(request.headers.get("authorization", ""))
+        except ValueError:
+            return "malformed"
+        return credentials[0] if credentials is not None else form.get("client_id", "unknown")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

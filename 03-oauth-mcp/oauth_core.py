@@ -131,6 +131,7 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
         more_clients: Callable[[str], Client | None] = lambda _client_id: None,
     ) -> None:
         super().__init__(scopes_supported=scopes)
+        self.scope_names = list(scopes)
         self.issuer, self.resources, self.store, self.keys = issuer, resources, store, keys
         self.more_clients = more_clients  # clients known from elsewhere: metadata documents
         self.register_grant(CodeGrant, [S256Only(required=True)])
@@ -152,6 +153,17 @@ class OAuthServer(AuthorizationServer):  # type: ignore[misc]
 
     def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> JSONResponse:
         return JSONResponse(body, status_code=status, headers=dict(headers))
+
+    def scope_for(self, client: Client, requested: str | None) -> str:
+        """What a person is asked to grant: the scopes requested, or the client's registered default (least).
+
+        A client may ask for any scope this server knows at an authorization
+        (that is how step-up works); the user consents to each on the page. A
+        client that asks for nothing gets what it registered for, which is the
+        base scope unless it registered for more.
+        """
+        known = self.scope_names
+        return " ".join(s for s in dict.fromkeys((requested or client.scope).split()) if s in known)
 
     def resource_for(self, requested: str | None) -> str:
         """RFC 8707: the resource a token is for. Unknown resources are refused, not ignored."""
@@ -236,7 +248,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
                 code=code,
                 client_id=request.client.client_id,
                 redirect_uri=data["redirect_uri"],
-                scope=request.client.get_allowed_scope(data.get("scope") or request.client.scope),
+                scope=self.server.scope_for(request.client, data.get("scope")),
                 subject=request.user,
                 resource=self.server.resource_for(data.get("resource")),
                 code_challenge=data["code_challenge"],

@@ -11,6 +11,7 @@ import dataclasses
 import hmac
 import ipaddress
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -49,7 +50,8 @@ class Client(ClientMixin):  # type: ignore[misc]
         return redirect_uri in self.redirect_uris  # exact match, nothing looser
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return self.client_secret is not None and hmac.compare_digest(self.client_secret, client_secret)
+        secret = (self.client_secret or "").encode()
+        return self.client_secret is not None and hmac.compare_digest(secret, client_secret.encode())
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return endpoint != "token" or method == self.token_endpoint_auth_method
@@ -190,19 +192,47 @@ class MemoryStore:
         self.keys = list(keys)
 
 
+# What RFC 3986 allows in a URI, and nothing else: no space, no quote, no control or non-ASCII character.
+URI_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+# A DNS name of letters, digits and hyphens (an internationalised name arrives in its xn-- form).
+HOST_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def redirect_origin(uri: str) -> str | None:
+    """The origin of a usable redirect URI, rebuilt from its checked parts; `None` if it is not usable.
+
+    MCP allows only HTTPS anywhere and plain HTTP back to this machine. The
+    URI must also be a URL and nothing more: RFC 3986 characters only, a host
+    that is a DNS name or an IP address, a numeric port, no userinfo and no
+    fragment. Every registration and every client metadata document passes
+    through here, so a value that could break out of a header or a page never
+    reaches either.
+    """
+    if not URI_CHARACTERS.fullmatch(uri):
+        return None
+    parts = urlsplit(uri)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or parts.fragment or "@" in parts.netloc or not host:
+        return None
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+        if not HOST_NAME.fullmatch(host):
+            return None
+    if parts.scheme == "http" and host != "localhost" and not (address is not None and address.is_loopback):
+        return None
+    literal = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address or host)
+    return f"{parts.scheme}://{literal}" + (f":{port}" if port is not None else "")
+
+
 def is_loopback_or_https(uri: str) -> bool:
     """MCP allows only these redirect URIs: HTTPS anywhere, plain HTTP only back to this machine."""
-    parts = urlsplit(uri)
-    if parts.scheme == "https" and parts.hostname:
-        return not parts.fragment
-    if parts.scheme != "http" or not parts.hostname or parts.fragment:
-        return False
-    if parts.hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname).is_loopback
-    except ValueError:
-        return False
+    return redirect_origin(uri) is not None
 
 
 T = TypeVar("T")
