@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.harness import NODE_BIN, REPO, ServerProcess, free_port, server_env
+from tests.harness import REPO, ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.anyio
 
@@ -134,13 +133,16 @@ def test_vscode_http_entry_is_the_default_address() -> None:
 
 
 async def test_claude_http_entry_bridges_with_the_pinned_mcp_remote(servers: dict[str, ServerProcess]) -> None:
-    """Claude Desktop speaks stdio to its servers; mcp-remote bridges it to 01 over HTTP."""
+    """Claude Desktop speaks stdio to its servers; the project's own mcp-remote bridges it to 01 over HTTP.
+
+    The entry runs as written, with the Node and the mcp-remote that `make install` put in this
+    checkout: nothing from the registry, no Node on the system.
+    """
     entry = local_config("claude_desktop_config.json")["mcpServers"]["workshop-01-http"]
-    package, url = entry["args"][1], entry["args"][2]
-    pinned = json.loads((REPO / "package.json").read_text())["devDependencies"]["mcp-remote"]
-    assert (entry["command"], package, url) == ("npx", f"mcp-remote@{pinned}", "http://127.0.0.1:8081/mcp")
-    node = str(Path(sys.executable).parent / "node")
-    bridge = StdioServerParameters(command=node, args=[str(NODE_BIN / "mcp-remote"), servers["8081"].url])
+    assert entry["command"] == str(REPO / ".venv" / "bin" / "node")
+    assert entry["args"] == [str(REPO / "node_modules" / ".bin" / "mcp-remote"), "http://127.0.0.1:8081/mcp"]
+    url = entry["args"][1].replace("127.0.0.1:8081", f"127.0.0.1:{servers['8081'].port}")
+    bridge = StdioServerParameters(command=entry["command"], args=[entry["args"][0], url])
     async with Client(bridge) as client:
         result = await client.call_tool("echo_message", {"message": "bridged"})
     assert result.content[0].text == "Echo: bridged"  # type: ignore[union-attr]
