@@ -1,7 +1,8 @@
 """How this MCP server checks who calls it, and gets tokens of its own for the APIs behind it.
 
 - `JwtVerifier` validates access tokens locally against the issuer's JWKS.
-- `ScopeGate` refuses, with a 403 step-up challenge, a tool call that needs more scope than the token has.
+- `ScopeGate` refuses a request without a valid token before reading its body, caps the body, and
+  refuses, with a 403 step-up challenge, a tool call that needs more scope than the token has.
 - `TokenExchange` trades the caller's token for one issued for another API (RFC 8693), so that the
   caller's own token never leaves this server.
 """
@@ -10,22 +11,28 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx2
+import pydantic_core
 import structlog
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
+from pydantic import AnyHttpUrl
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import Secret
-from shared.context import bearer_token
+from shared.serve import MCP_PATH
 from shared.upstream import Caller, Rejected, Verifier
 
 JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we do not know
@@ -164,54 +171,104 @@ def upstream_verifier(issuer: str, upstream_resource: str) -> Verifier:
 
 
 class ScopeGate:
-    """ASGI middleware: answer 403 `insufficient_scope` before a tool that needs more than the token grants.
+    """ASGI middleware in front of `/mcp`: who may send a request, how large it may be, which tools it may call.
 
-    The SDK checks one set of scopes for the whole endpoint. A tool that needs
-    more must be refused at the HTTP level, with a challenge naming every scope
-    the call needs, so that the client can ask the user for them (step-up
-    authorization). A refusal from inside the tool would be an HTTP 200 that
-    no client treats as a reason to re-authorize.
+    - A request without a valid token is refused from its headers alone,
+      before a byte of its body is read: an anonymous caller must not make
+      this server hold a body of any size.
+    - A body larger than `max_body` is refused (413) before it is read whole.
+    - The SDK checks one set of scopes for the whole endpoint. A tool that needs
+      more must be refused at the HTTP level, with a challenge naming every
+      scope the call needs, so that the client can ask the user for them
+      (step-up authorization). A refusal from inside the tool would be an HTTP
+      200 that no client treats as a reason to re-authorize.
+
+    The token is checked by the SDK's own `BearerAuthBackend`, so this gate and
+    the SDK behind it cannot disagree about who the caller is.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         verifier: TokenVerifier,
+        resource: str,
         resource_metadata: str,
         base_scope: str,
         tool_scopes: dict[str, list[str]],
+        max_body: int = DEFAULT_MAX_REQUEST_BODY_SIZE,  # the SDK's own limit, here kept before the gate reads
     ) -> None:
-        self.app, self.verifier, self.resource_metadata = app, verifier, resource_metadata
+        self.app, self.resource_metadata, self.max_body = app, resource_metadata, max_body
+        self.backend = BearerAuthBackend(verifier, resource_server_url=cast(AnyHttpUrl, resource))
         self.base_scope, self.tool_scopes = base_scope, tool_scopes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/mcp":
+        if scope["type"] != "http" or scope["path"] != MCP_PATH:
             await self.app(scope, receive, send)
             return
-        body, replay = await read_body(receive)
-        # Parse only a body that can name a guarded tool: most calls need nothing beyond the base scope.
-        mentions = any(name.encode() in body for name in self.tool_scopes)
-        needed = self.tool_scopes.get(called_tool(body) or "", []) if mentions else []
-        token = bearer_token(Headers(scope=scope).get("authorization"))
-        access = await self.verifier.verify_token(token.reveal()) if needed and token else None
-        if access is not None and not set(needed) <= set(access.scopes):
-            wanted = " ".join(dict.fromkeys([self.base_scope, *needed]))
-            challenge = (
-                f'Bearer error="insufficient_scope", scope="{wanted}", '
-                f'resource_metadata="{self.resource_metadata}", error_description="this tool needs {wanted}"'
-            )
-            response = JSONResponse({"error": "insufficient_scope"}, 403, headers={"WWW-Authenticate": challenge})
-            await response(scope, receive, send)
+        refusal, granted = await self.authenticate(scope)
+        if refusal is None and scope["method"] == "POST":
+            refusal, receive = await self.check_body(scope, receive, granted)
+        if refusal is not None:
+            await refusal(scope, receive, send)
             return
-        await self.app(scope, replay, send)
+        await self.app(scope, receive, send)
+
+    async def authenticate(self, scope: Scope) -> tuple[Response | None, set[str]]:
+        """A refusal from the headers alone, or the scopes the caller's token grants."""
+        authorization = Headers(scope=scope).get("authorization", "")
+        if not authorization.lower().startswith("bearer "):
+            # RFC 6750 section 3.1: a request without credentials gets no error code, only how to get some.
+            return self.challenge(401, None, [self.base_scope], "an access token is required"), set()
+        authenticated = await self.backend.authenticate(HTTPConnection(scope))
+        if authenticated is None:
+            return self.challenge(401, "invalid_token", [self.base_scope], "the access token is not valid here"), set()
+        granted = set(authenticated[0].scopes)
+        if self.base_scope not in granted:
+            needs = f"this server needs {self.base_scope}"
+            return self.challenge(403, "insufficient_scope", [self.base_scope], needs), granted
+        return None, granted
+
+    async def check_body(self, scope: Scope, receive: Receive, granted: set[str]) -> tuple[Response | None, Receive]:
+        """Read a bounded body, and refuse it if it calls a tool that needs more than `granted`."""
+        too_large = JSONResponse({"error": "request body too large"}, 413)
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return too_large, receive
+        read = await read_body(receive, self.max_body)
+        if read is None:
+            return too_large, receive
+        body, replay = read
+        # An `Mcp-Name` header that names another tool than the body can only ask for more scope, never less.
+        named = {decode_header_value(value) or value for value in Headers(scope=scope).getlist(MCP_NAME_HEADER)}
+        needed = [s for name in sorted(called_tools(body) | named) for s in self.tool_scopes.get(name, [])]
+        if not set(needed) <= granted:
+            wanted = list(dict.fromkeys([self.base_scope, *needed]))
+            return self.challenge(403, "insufficient_scope", wanted, f"this tool needs {' '.join(wanted)}"), replay
+        return None, replay
+
+    def challenge(self, status: int, error: str | None, scopes: list[str], description: str) -> Response:
+        """A `WWW-Authenticate: Bearer` challenge that names the scope needed (MCP authorization: SHOULD)."""
+        params = [f'error="{error}"'] if error else []
+        params += [f'scope="{" ".join(scopes)}"', f'resource_metadata="{self.resource_metadata}"']
+        if error:
+            params.append(f'error_description="{description}"')
+        body = {"error": error, "error_description": description} if error else {"error_description": description}
+        return JSONResponse(body, status, headers={"WWW-Authenticate": "Bearer " + ", ".join(params)})
 
 
-async def read_body(receive: Receive) -> tuple[bytes, Receive]:
-    """Read a request body to look at it, and a `receive` that hands it on unchanged."""
-    chunks, more = [], True
+async def read_body(receive: Receive, limit: int) -> tuple[bytes, Receive] | None:
+    """Read a request body of at most `limit` bytes to look at it, and a `receive` that hands it on unchanged.
+
+    None when the body is longer: it is not read any further.
+    """
+    chunks, size, more = [], 0, True
     while more:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
         more = message.get("more_body", False)
     body, sent = b"".join(chunks), False
 
@@ -225,13 +282,25 @@ async def read_body(receive: Receive) -> tuple[bytes, Receive]:
     return body, replay
 
 
-def called_tool(body: bytes) -> str | None:
-    """The tool a JSON-RPC `tools/call` body names, if it is one."""
-    try:
-        message = json.loads(body)
-    except ValueError:
-        return None
-    if isinstance(message, dict) and message.get("method") == "tools/call":
-        name = (message.get("params") or {}).get("name")
-        return name if isinstance(name, str) else None
-    return None
+def called_tools(body: bytes) -> set[str]:
+    """Every tool name the SDK could dispatch this body to.
+
+    The SDK parses a 2025-11-25 body with pydantic's JSON parser and a
+    2026-07-28 body with `json`: both decode escapes and keep the last of
+    duplicate keys, and both are asked here, so that no spelling of a name
+    reads one way in this gate and another in the SDK.
+    """
+    names: set[str] = set()
+    for parse in (pydantic_core.from_json, json.loads):
+        try:
+            parsed = parse(body)
+        except (ValueError, RecursionError):
+            continue
+        for message in parsed if isinstance(parsed, list) else [parsed]:
+            if not isinstance(message, dict) or message.get("method") != "tools/call":
+                continue
+            params = message.get("params")
+            name = params.get("name") if isinstance(params, dict) else None
+            if isinstance(name, str):
+                names.add(name)
+    return names

@@ -175,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     gate = Middleware(
         ScopeGate,
         verifier=verifier,
+        resource=resource,
         resource_metadata=metadata_url,
         base_scope=REQUIRED_SCOPE,
         tool_scopes=TOOL_SCOPES,
