@@ -47,6 +47,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.finite import non_finite
 from shared.telemetry import (
     ERROR_TYPE,
     GEN_AI_OPERATION_NAME,
@@ -155,6 +156,8 @@ class ExpressLane:
         name, arguments, meta = params.get("name"), params.get("arguments", {}), params.get("_meta")
         if not isinstance(name, str) or not isinstance(arguments, dict) or not isinstance(meta, dict):
             return None
+        if non_finite(params) is not None:
+            return None  # NaN or Infinity: the SDK path refuses it (shared/finite.py)
         if not params.keys() <= PLAIN_PARAMS or "progressToken" in meta or LOG_LEVEL_META_KEY in meta:
             return None  # progress and log lines need a stream; answers to questions need the parking lot
         if any(key.startswith("mcp-param-") for key in request.headers) or find_duplicated_routing_header(

@@ -48,6 +48,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared.config import Address, ServerConfig
 from shared.context import REQUEST_ID_HEADER, RequestContextMiddleware
+from shared.finite import refuse_non_finite
 from shared.stdio import serve_stdio_async
 
 log = structlog.get_logger("shared.serve")
@@ -105,6 +106,7 @@ def build_http_app(
     Build a new one per start: the SDK's session manager behind it can run
     only once.
     """
+    refuse_non_finite(mcp)
     security = transport_security(config)
     mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, host=config.addr.host)
 
@@ -309,6 +311,7 @@ def serve(
 ) -> None:
     """Run `mcp` with the transport the config names. Blocks until the server stops."""
     if config.transport == "stdio":
+        refuse_non_finite(mcp)
         anyio.run(serve_stdio_async, mcp, config.grace_seconds)
     else:
         serve_http(build_http_app(mcp, config, routes=routes, middleware=middleware), config)
