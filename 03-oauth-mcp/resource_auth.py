@@ -3,6 +3,7 @@
 - `JwtVerifier` validates access tokens locally against the issuer's JWKS.
 - `ScopeGate` refuses a request without a valid token before reading its body, caps the body, and
   refuses, with a 403 step-up challenge, a tool call that needs more scope than the token has.
+- `tool_scope_check` refuses the same calls again where the SDK dispatches them, whatever the gate parsed.
 - `TokenExchange` trades the caller's token for one issued for another API (RFC 8693), so that the
   caller's own token never leaves this server.
 """
@@ -20,11 +21,15 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
+from mcp import MCPError
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
+from mcp_types import INVALID_REQUEST
 from pydantic import AnyHttpUrl
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
@@ -304,3 +309,21 @@ def called_tools(body: bytes) -> set[str]:
             if isinstance(name, str):
                 names.add(name)
     return names
+
+
+def tool_scope_check(tool_scopes: dict[str, list[str]]) -> ServerMiddleware[Any]:
+    """MCP middleware: refuse a tool call the token has too little scope for, on the very name the SDK dispatches.
+
+    `ScopeGate` answers first, with the 403 a client can act on; this is the
+    decision that holds even if the gate ever read a body differently.
+    """
+
+    async def require_tool_scopes(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        name = ctx.params.get("name") if ctx.method == "tools/call" and isinstance(ctx.params, dict) else None
+        needed = tool_scopes.get(name, []) if isinstance(name, str) else []
+        token = get_access_token()
+        if needed and not set(needed) <= set(token.scopes if token else []):
+            raise MCPError(code=INVALID_REQUEST, message=f"{name} needs the scope {' '.join(needed)}")
+        return await call_next(ctx)
+
+    return require_tool_scopes

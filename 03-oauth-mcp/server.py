@@ -24,7 +24,14 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import AnyHttpUrl
-from resource_auth import IntrospectionVerifier, JwtVerifier, ScopeGate, TokenExchange, upstream_verifier
+from resource_auth import (
+    IntrospectionVerifier,
+    JwtVerifier,
+    ScopeGate,
+    TokenExchange,
+    tool_scope_check,
+    upstream_verifier,
+)
 from starlette.middleware import Middleware
 
 from shared import Secret, configure_logging, parse_config
@@ -81,7 +88,7 @@ def create_server(
         "oauth-mcp",
         version=project_version(),
         instructions="Tells you who you are, according to your OAuth access token.",
-        middleware=[log_requests],
+        middleware=[log_requests, tool_scope_check(TOOL_SCOPES)],
         token_verifier=verifier,
         auth=AuthSettings(
             # Plain strings, on purpose: a URL object would add a trailing slash that clients then reject.

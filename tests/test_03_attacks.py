@@ -19,22 +19,29 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.harness import INITIALIZE, INITIALIZED, ServerProcess
+from shared.config import parse_config
+from shared.serve import build_http_app
+from shared.upstream import EMBEDDED_URL
+from tests.harness import INITIALIZE, INITIALIZED, ServerProcess, serve_app
 from tests.test_03_oauth import (
     CALLBACK,
     ENV,
     FOLDER,
+    MCP_SERVER_SECRET,
     Stack,
     authorize_url,
     machine_token,
     pkce,
     redirect_params,
     register,
+    server,
     sign_in,
     stack,
 )
 
 __all__ = ["stack"]  # the module-scoped authorization server and MCP server of test_03_oauth, started anew here
+
+pytestmark = pytest.mark.anyio
 
 ACCEPT = "application/json, text/event-stream"
 MODERN = "2026-07-28"
@@ -271,3 +278,26 @@ def test_params_of_the_wrong_shape_get_a_4xx(target: ServerProcess, read_token: 
     assert 400 <= signed.status_code < 500, signed.text
     assert '"error"' in signed.text and "jsonrpc" in signed.text, signed.text
     still_serves(target, read_token)
+
+
+# --- class 2, behind the gate: the SDK's dispatch refuses the same call on its own -----------
+
+
+async def test_the_admin_tool_needs_its_scope_even_without_the_gate(stack: Stack, target: ServerProcess) -> None:
+    """The MCP server without its HTTP gate: the dispatched name alone must still decide."""
+    resource = target.url  # tokens are issued for it; the verifier checks the audience, not the port
+    exchange = server.TokenExchange(stack.issuer, server.MCP_SERVER_CLIENT_ID, MCP_SERVER_SECRET, EMBEDDED_URL)
+    mcp = server.create_server(stack.issuer, resource, server.JwtVerifier(stack.issuer, resource), exchange)
+    config, _ = parse_config(["-t", "http", "--addr", "127.0.0.1:0"], default_port=0)
+    token = machine_token(stack, resource)
+    async with serve_app(build_http_app(mcp, config)) as base:
+        headers = modern_headers("list_oauth_clients", token)
+        async with httpx2.AsyncClient(timeout=30) as http:
+            refused = await http.post(
+                f"{base}/mcp", content=call('"list_oauth_client\\u0073"', MODERN), headers=headers
+            )
+            allowed = await http.post(
+                f"{base}/mcp", content=call('"who_am_i"', MODERN), headers=headers | {"mcp-name": "who_am_i"}
+            )
+    assert refused.status_code == 400 and "list_oauth_clients needs the scope mcp:admin" in refused.text, refused.text
+    assert allowed.status_code == 200 and "mcp:read" in allowed.text, allowed.text
