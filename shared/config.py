@@ -34,6 +34,8 @@ ENV_LOG_FORMAT = "MCP_LOG_FORMAT"
 ENV_GRACE = "MCP_SHUTDOWN_GRACE"
 ENV_ALLOWED_HOSTS = "MCP_ALLOWED_HOSTS"
 ENV_TRUSTED_PROXIES = "MCP_TRUSTED_PROXIES"
+ENV_MAX_SESSIONS = "MCP_MAX_SESSIONS"
+DEFAULT_MAX_SESSIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = field(default=())
     # Peers whose X-Forwarded-For / X-Forwarded-Proto are believed; none by default.
     trusted_proxies: tuple[str, ...] = field(default=())
+    max_sessions: int = DEFAULT_MAX_SESSIONS  # open 2025-11-25 sessions; one address may hold a tenth
 
 
 class ConfigError(ValueError):
@@ -171,6 +174,13 @@ def build_parser(
         help="addresses or networks of reverse proxies whose X-Forwarded-For is believed "
         f"(default: none, the peer's own address counts; env {ENV_TRUSTED_PROXIES})",
     )
+    parser.add_argument(
+        "--max-sessions",
+        default=env(ENV_MAX_SESSIONS, str(DEFAULT_MAX_SESSIONS)),
+        metavar="N",
+        help=f"open 2025-11-25 sessions at most, a tenth of them per client address "
+        f"(default: {DEFAULT_MAX_SESSIONS}; env {ENV_MAX_SESSIONS})",
+    )
     return parser
 
 
@@ -189,6 +199,9 @@ def config_from_args(args: argparse.Namespace, default_port: int) -> ServerConfi
     if not grace_text.isdigit():
         raise ConfigError(f"invalid shutdown grace {args.shutdown_grace!r}: expected a whole number of seconds")
     grace = int(grace_text)
+    sessions_text = str(args.max_sessions).strip()
+    if not sessions_text.isdigit() or int(sessions_text) < 1:
+        raise ConfigError(f"invalid max sessions {args.max_sessions!r}: expected a whole number from 1")
     hosts = tuple(h.strip() for h in str(args.allowed_hosts).split(",") if h.strip())
     proxies = tuple(p.strip() for p in str(args.trusted_proxies).split(",") if p.strip())
     for proxy in proxies:
@@ -204,6 +217,7 @@ def config_from_args(args: argparse.Namespace, default_port: int) -> ServerConfi
         grace_seconds=grace,
         allowed_hosts=hosts,
         trusted_proxies=proxies,
+        max_sessions=int(sessions_text),
     )
 
 

@@ -49,6 +49,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from shared.config import Address, ServerConfig
 from shared.context import REQUEST_ID_HEADER, RequestContextMiddleware
 from shared.finite import refuse_non_finite
+from shared.sessions import SessionQuota
 from shared.stdio import serve_stdio_async
 
 log = structlog.get_logger("shared.serve")
@@ -56,6 +57,7 @@ log = structlog.get_logger("shared.serve")
 MCP_PATH = "/mcp"
 LOOPBACK_HOST_PATTERNS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names to warn about, not to bind
+SESSION_IDLE_SECONDS = 30 * 60  # the SDK's default, passed on so that SessionQuota counts by the same clock
 HEADER_TIMEOUT = 5.0  # seconds a client has to send a request's headers; a real one needs milliseconds
 
 
@@ -108,7 +110,13 @@ def build_http_app(
     """
     refuse_non_finite(mcp)
     security = transport_security(config)
-    mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, host=config.addr.host)
+    mcp_app = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        transport_security=security,
+        host=config.addr.host,
+        max_sessions=config.max_sessions,
+        session_idle_timeout=SESSION_IDLE_SECONDS,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -117,7 +125,11 @@ def build_http_app(
             yield
 
     app = Starlette(
-        routes=[Route("/healthz", healthz), *routes, Mount("/", app=mcp_app)],
+        routes=[
+            Route("/healthz", healthz),
+            *routes,
+            Mount("/", app=SessionQuota(mcp_app, config.max_sessions, SESSION_IDLE_SECONDS)),
+        ],
         middleware=[cors(security), Middleware(RequestContextMiddleware), *middleware],
         lifespan=lifespan,
     )

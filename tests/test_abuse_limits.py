@@ -11,12 +11,15 @@ import selectors
 import socket
 import time
 
+import anyio
 import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from shared.config import parse_config
 from shared.serve import HEADER_TIMEOUT
-from tests.harness import ServerProcess
+from tests.harness import HTTP_TIMEOUT, INITIALIZE, ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -87,13 +90,44 @@ def wait_until_closed(connections: list[socket.socket], seconds: float) -> set[s
         deadline = time.monotonic() + seconds
         while len(closed) < len(connections) and (left := deadline - time.monotonic()) > 0:
             for key, _ in selector.select(left):
-                connection = key.fileobj
-                assert isinstance(connection, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
                 try:
-                    data = connection.recv(4096)
+                    data = ready.recv(4096)
                 except ConnectionError:
                     data = b""
                 if not data:
-                    closed.add(connection)
-                    selector.unregister(connection)
+                    closed.add(ready)
+                    selector.unregister(ready)
     return closed
+
+
+async def test_an_initialize_flood_from_one_address_leaves_room_for_other_clients() -> None:
+    # 20 sessions in all, so 2 per address; the default 10,000 (1,000 per address) works the same way
+    legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    with ServerProcess("01-basic-mcp", "--max-sessions", "20") as server:
+        async with httpx2.AsyncClient(timeout=10) as attacker:
+            answers: list[httpx2.Response] = []
+
+            async def initialize() -> None:
+                answers.append(await attacker.post(server.url, content=INITIALIZE, headers=legacy))
+
+            async with anyio.create_task_group() as flood:  # all at once, as a flood comes
+                for _ in range(25):
+                    flood.start_soon(initialize)
+            transport = httpx2.AsyncHTTPTransport(local_address=BYSTANDER)
+            async with (
+                httpx2.AsyncClient(transport=transport, timeout=HTTP_TIMEOUT) as http,
+                Client(streamable_http_client(server.url, http_client=http), mode="legacy") as other,
+            ):
+                result = await other.call_tool("echo_message", {"message": "still served"})
+                assert "still served" in str(result.content)
+            assert sorted(a.status_code for a in answers) == [200] * 2 + [503] * 23
+            async with Client(server.url) as modern:  # 2026-07-28 has no sessions: the quota never applies
+                assert "unlimited" in str((await modern.call_tool("echo_message", {"message": "unlimited"})).content)
+            # A session the attacker ends frees its place.
+            session_id = next(a.headers["mcp-session-id"] for a in answers if a.status_code == 200)
+            ended = {"Mcp-Session-Id": session_id, "Mcp-Protocol-Version": "2025-11-25"}
+            assert (await attacker.delete(server.url, headers=ended)).status_code == 200
+            assert (await attacker.post(server.url, content=INITIALIZE, headers=legacy)).status_code == 200
+            assert (await attacker.post(server.url, content=INITIALIZE, headers=legacy)).status_code == 503
