@@ -88,7 +88,12 @@ class Pins:
     def known(self, server: str) -> bool:
         """Whether this backend's tools were pinned already: from then on, a tool it adds waits for approval."""
         prefix = f"{server}/"
-        return any(key.startswith(prefix) and "sha256" in pin for key, pin in self.pins.items())
+        return prefix in self.pins or any(key.startswith(prefix) and "sha256" in pin for key, pin in self.pins.items())
+
+    def listed(self, server: str) -> None:
+        """The backend's first listing is pinned, even an empty one: a tool it offers later is not first use."""
+        if not self.known(server):
+            self.put(f"{server}/", {"listed": True})
 
     def check(self, server: str, tool: Mapping[str, Any], *, known: bool, trust_new: bool = False) -> list[str]:
         """[] when the tool is as pinned, else what is wrong: the fields that changed, or `NEW`.

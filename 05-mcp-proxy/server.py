@@ -193,6 +193,8 @@ class Proxy:
                         continue
                     mirrored = x_mcp_header_map(original.get("inputSchema")) if kind == "tools" else {}
                     catalogue[kind][public_key] = Item(connection, original, public, mirrored)
+            if not known and connection.state == "up" and backend.pinning != "off":
+                self.pins.listed(backend.name)  # even a backend that offered no tool at first is pinned now
         if conflicts != self.conflicts:
             for conflict in set(conflicts) - set(self.conflicts):
                 log.error("name clash; the second backend's item is left out", clash=conflict)

@@ -30,6 +30,7 @@ from tests.harness import (
 FOLDER = "05-mcp-proxy"
 proxy_config = load_sibling(FOLDER, "proxy_config")
 links = load_sibling(FOLDER, "links")
+pins = load_sibling(FOLDER, "pins")
 
 pytestmark = pytest.mark.anyio
 
@@ -324,3 +325,14 @@ async def test_each_request_to_a_backend_leaves_in_one_write_and_arrives_whole()
         assert len(writes) == 2  # one write per request: its head and body together
         response = await pool.request("POST", base + "/", content=large)
         assert response.content == large  # a body larger than a write batch goes out at once, and arrives whole
+
+
+def test_a_backend_that_offered_no_tool_at_first_is_pinned_too(tmp_path: Path) -> None:
+    # Its first listing was empty: a tool it offers later is new to a pinned backend, not a first use.
+    first = pins.Pins(tmp_path / "pins.json")
+    first.listed("b")
+    again = pins.Pins(tmp_path / "pins.json")  # what a restarted proxy reads
+    tool = {"name": "delete_everything", "description": "Repeat the text.", "inputSchema": {"type": "object"}}
+    assert again.check("b", tool, known=again.known("b")) == [pins.NEW]
+    assert again.approve("b/delete_everything") and again.check("b", tool, known=True) == []
+    assert pins.Pins(tmp_path / "pins.json").check("c", tool, known=False) == []  # a new backend: first use

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -123,12 +124,13 @@ def forwarded(proxy: ServerProcess, server: str) -> int:
     return sum(1 for e in proxy.events() if e.get("event") == "forwarded" and e.get("server") == server)
 
 
-def test_a_non_finite_number_on_a_stdio_line_is_invalid_params() -> None:
-    lines = [INITIALIZE, INITIALIZED, call_body("add_numbers", "NaN", LEGACY).replace('"id": 7', '"id": 2')]
-    lines += [call_body("add_numbers", "1e999", LEGACY).replace('"id": 7', '"id": 3')]
-    lines += [call_body("add_numbers", "2.5", LEGACY).replace('"id": 7', '"id": 4')]
+def stdio_replies(command: list[str], tool: str) -> dict[int, dict[str, Any]]:
+    """Raw lines to a stdio server: the handshake, a NaN, an overflowing literal, then a normal call."""
+    lines = [INITIALIZE, INITIALIZED]
+    for rid, literal in ((2, "NaN"), (3, "1e999"), (4, "2.5")):
+        lines.append(call_body(tool, literal, LEGACY).replace('"id": 7', f'"id": {rid}'))
     done = subprocess.run(
-        [sys.executable, str(REPO / "01-basic-mcp" / "server.py"), "--log-format", "json"],
+        [sys.executable, *command, "--log-format", "json"],
         input="\n".join(lines) + "\n",
         capture_output=True,
         text=True,
@@ -136,10 +138,25 @@ def test_a_non_finite_number_on_a_stdio_line_is_invalid_params() -> None:
         env=server_env(),
         timeout=60,
     )
-    replies = {reply["id"]: reply for reply in map(json.loads, done.stdout.splitlines())}
+    return {reply["id"]: reply for reply in map(json.loads, done.stdout.splitlines())}
+
+
+def assert_stdio_refused(replies: dict[int, dict[str, Any]]) -> None:
     assert_refused({**replies[2], "id": 7}, "NaN")
     assert_refused({**replies[3], "id": 7}, "1e999")
     assert_answered(replies[4])
+
+
+def test_a_non_finite_number_on_a_stdio_line_is_invalid_params() -> None:
+    assert_stdio_refused(stdio_replies([str(REPO / "01-basic-mcp" / "server.py")], "add_numbers"))
+
+
+def test_the_proxy_over_stdio_refuses_a_non_finite_number(tmp_path: Path) -> None:
+    stdio = {"command": sys.executable, "args": [str(REPO / "01-basic-mcp" / "server.py")]}
+    config = tmp_path / "proxy.json"
+    config.write_text(json.dumps({"mcpServers": {"s": stdio}}))
+    command = [str(REPO / "05-mcp-proxy" / "server.py"), "--config", str(config)]
+    assert_stdio_refused(stdio_replies(command, "s__add_numbers"))
 
 
 def test_the_check_reports_the_path_and_leaves_finite_numbers_alone() -> None:
