@@ -477,6 +477,9 @@ class AuthorizationServerApp:
         except ClientMetadataError as exc:
             log.warning("client metadata document refused", reason=str(exc))
             return JSONResponse({"error": "invalid_client", "error_description": str(exc)}, status_code=400)
+        except ValueError:  # a URL that does not parse (`[::1`), or a host IDNA refuses: not a URL at all
+            log.warning("client metadata document refused", reason="client_id is not a URL")
+            return JSONResponse({"error": "invalid_client", "error_description": "client_id is not a URL"}, 400)
         return None
 
     async def token(self, request: Request) -> Response:

@@ -330,6 +330,22 @@ def test_malformed_grant_types_are_invalid_client_metadata(auth: ServerProcess, 
     assert honest_sign_in(auth)["access_token"]
 
 
+@pytest.mark.parametrize("client", ["https://%ff/client.json", "http://[::1/client.json"])
+def test_a_client_id_url_that_does_not_parse_is_invalid_client(auth: ServerProcess, client: str) -> None:
+    response = httpx2.get(
+        f"{auth.url}/authorize?{urlencode(authorize_query('x', pkce()[1]))}".replace(
+            "client_id=x", f"client_id={client}"
+        )
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_client" and "location" not in response.headers
+    token = httpx2.post(
+        f"{auth.url}/token", data={"grant_type": "authorization_code", "code": "c", "client_id": client}
+    )
+    assert token.status_code == 400 and token.json()["error"] == "invalid_client"
+    assert honest_sign_in(auth)["access_token"]
+
+
 # --- class 5: abuse limits ----------------------------------------------------------------------
 
 
