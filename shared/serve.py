@@ -14,6 +14,10 @@ top, each for a reason the SDK notes spell out:
 - Ctrl-C and SIGTERM stop the server and exit 0, over both transports. Open
   `subscriptions/listen` streams are ended the way the spec calls graceful
   first: uvicorn would otherwise wait the whole grace period for them.
+- Abuse limits: forwarded headers are believed only from `--trusted-proxies`
+  (uvicorn believes any from 127.0.0.1), one client address holds at most a
+  tenth of the 2025-11-25 session table (`shared/sessions.py`), and a request
+  whose headers take longer than HEADER_TIMEOUT is cut off.
 - HTTP is parsed by httptools (C) and the event loop is uvloop where it
   exists, uvicorn's own fast path: a call through 05's proxy costs 16 %
   fewer instructions than with the pure-Python h11 and asyncio's loop
@@ -128,7 +132,7 @@ def build_http_app(
         routes=[
             Route("/healthz", healthz),
             *routes,
-            Mount("/", app=SessionQuota(mcp_app, config.max_sessions, SESSION_IDLE_SECONDS)),
+            Mount("/", app=SessionQuota(mcp_app, MCP_PATH, config.max_sessions, SESSION_IDLE_SECONDS)),
         ],
         middleware=[cors(security), Middleware(RequestContextMiddleware), *middleware],
         lifespan=lifespan,

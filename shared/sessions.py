@@ -39,8 +39,8 @@ class Session:
 class SessionQuota:
     """Refuse a new 2025-11-25 session to an address that already holds its share of the table."""
 
-    def __init__(self, app: ASGIApp, max_sessions: int, idle_timeout: float) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, path: str, max_sessions: int, idle_timeout: float) -> None:
+        self.app, self.path = app, path
         self.per_address = max(1, max_sessions // SHARE_PER_ADDRESS)
         self.idle_timeout = idle_timeout
         self.sessions: dict[str, Session] = {}
@@ -49,7 +49,7 @@ class SessionQuota:
         self.last_sweep = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
