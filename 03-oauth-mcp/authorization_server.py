@@ -19,7 +19,7 @@ import os
 import secrets
 import sys
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
@@ -70,16 +70,27 @@ PAGE_HEADERS = {
 
 
 class RateLimit:
-    """At most `limit` events per key in any `window` seconds: enough for people, too few for a script."""
+    """At most `limit` events per key in any `window` seconds: enough for people, too few for a script.
+
+    Keys whose events have all aged out are dropped, in a sweep whenever the
+    table has doubled since the last one: a script that sends a new client_id
+    each time must not grow it without end.
+    """
 
     def __init__(self, limit: int, window: float) -> None:
         self.limit, self.window = limit, window
-        self.events: dict[str, deque[float]] = defaultdict(deque)
+        self.events: dict[str, deque[float]] = {}
+        self.sweep_at = 1024
 
     def count(self, key: str) -> int:
-        events, now = self.events[key], time.monotonic()
+        events = self.events.get(key)
+        if events is None:
+            return 0
+        now = time.monotonic()
         while events and events[0] <= now - self.window:
             events.popleft()
+        if not events:
+            del self.events[key]
         return len(events)
 
     def exceeded(self, key: str) -> bool:
@@ -87,7 +98,11 @@ class RateLimit:
 
     def add(self, key: str) -> None:
         self.count(key)
-        self.events[key].append(time.monotonic())
+        self.events.setdefault(key, deque()).append(time.monotonic())
+        if len(self.events) >= self.sweep_at:
+            for stale in list(self.events):
+                self.count(stale)
+            self.sweep_at = max(1024, 2 * len(self.events))
 
 
 def too_many(window: float) -> JSONResponse:

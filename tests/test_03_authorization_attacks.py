@@ -12,6 +12,7 @@ import hashlib
 import re
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -23,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.harness import ServerProcess, serve_app
+from tests.harness import ServerProcess, load_server, serve_app
 
 FOLDER = "03-oauth-mcp"
 DEMO_PASSWORD = "demo-password-for-tests"
@@ -377,3 +378,16 @@ def test_pending_sign_ins_are_bounded_in_size_and_number(fresh_auth: ServerProce
     expired = answer(fresh_auth, first)  # the oldest page went to make room
     assert expired.status_code == 400 and "expired" in expired.text
     assert honest_sign_in(fresh_auth)["access_token"]
+
+
+def test_the_throttles_forget_keys_whose_events_aged_out() -> None:
+    """A script that claims a new client_id at every guess must not grow the throttle's table without end."""
+    authorization_server = load_server(FOLDER, "authorization_server.py")
+    limit = authorization_server.RateLimit(limit=10, window=0.05)
+    for n in range(5000):
+        limit.add(f"client-{n}")
+    time.sleep(0.1)  # every key above has aged out
+    for n in range(5000, 10_000):
+        limit.add(f"client-{n}")
+    assert len(limit.events) <= 5000 + 1024
+    assert not limit.exceeded("client-1") and limit.count("client-9999") == 1
