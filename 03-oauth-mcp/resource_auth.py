@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextvars import ContextVar
 from typing import Any, cast
 
 import httpx2
@@ -44,6 +45,8 @@ JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we d
 VERIFIED_CACHE_SIZE = 1024  # tokens remembered as valid until they expire
 
 log = structlog.get_logger("oauth-mcp")
+
+_checked: ContextVar[tuple[str, AccessToken | None] | None] = ContextVar("checked_token", default=None)
 
 
 def access_token(token: str, claims: dict[str, Any], resource: str) -> AccessToken:
@@ -137,6 +140,27 @@ class IntrospectionVerifier(TokenVerifier):
         if not claims.get("active") or claims.get("iss") != self.issuer or claims.get("aud") != self.resource:
             return None
         return access_token(token, claims, self.resource)
+
+
+class OncePerRequest(TokenVerifier):
+    """A verifier asked at most once per request.
+
+    `ScopeGate` and the SDK's own authentication behind it both check the
+    token; an `IntrospectionVerifier` would otherwise ask the authorization
+    server twice for every request. The answer lives in the request's context,
+    so it is never reused for another request.
+    """
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        checked = _checked.get()
+        if checked is not None and checked[0] == token:
+            return checked[1]
+        access = await self.verifier.verify_token(token)
+        _checked.set((token, access))
+        return access
 
 
 class TokenExchange:

@@ -27,15 +27,17 @@ from pydantic import AnyHttpUrl
 from resource_auth import (
     IntrospectionVerifier,
     JwtVerifier,
+    OncePerRequest,
     ScopeGate,
     TokenExchange,
     tool_scope_check,
     upstream_verifier,
 )
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from shared import Secret, configure_logging, parse_config
-from shared.config import build_parser
+from shared.config import ServerConfig, build_parser
 from shared.logs import log_requests
 from shared.mcp_server import project_version, refuse_unknown_tools
 from shared.serve import bound_address, build_http_app, listen, mcp_url, run_uvicorn
@@ -138,6 +140,28 @@ def create_server(
     return mcp
 
 
+def protected_app(
+    config: ServerConfig,
+    issuer: str,
+    resource: str,
+    verifier: TokenVerifier,
+    exchange: TokenExchange | None = None,
+    upstream_url: str = EMBEDDED_ANYTHING,
+) -> Starlette:
+    """The MCP server behind `ScopeGate`, sharing one check of each request's token with the SDK."""
+    verifier = OncePerRequest(verifier)  # the gate and the SDK both ask
+    mcp = create_server(issuer, resource, verifier, exchange, upstream_url)
+    gate = Middleware(
+        ScopeGate,
+        verifier=verifier,
+        resource=resource,
+        resource_metadata=resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"),
+        base_scope=REQUIRED_SCOPE,
+        tool_scopes=TOOL_SCOPES,
+    )
+    return build_http_app(mcp, config, middleware=[gate])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(__doc__, DEFAULT_PORT)
     parser.add_argument(
@@ -177,17 +201,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not secret:
             parser.error("--introspect authenticates to the authorization server: set MCP_SERVER_CLIENT_SECRET")
         verifier = IntrospectionVerifier(issuer, resource, MCP_SERVER_CLIENT_ID, secret)
-    mcp = create_server(issuer, resource, verifier, exchange, args.upstream_url)
-    metadata_url = resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
-    gate = Middleware(
-        ScopeGate,
-        verifier=verifier,
-        resource=resource,
-        resource_metadata=metadata_url,
-        base_scope=REQUIRED_SCOPE,
-        tool_scopes=TOOL_SCOPES,
-    )
-    run_uvicorn(build_http_app(mcp, config, middleware=[gate]), sock, config, resource)
+    app = protected_app(config, issuer, resource, verifier, exchange, args.upstream_url)
+    run_uvicorn(app, sock, config, resource)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -301,3 +302,29 @@ async def test_the_admin_tool_needs_its_scope_even_without_the_gate(stack: Stack
             )
     assert refused.status_code == 400 and "list_oauth_clients needs the scope mcp:admin" in refused.text, refused.text
     assert allowed.status_code == 200 and "mcp:read" in allowed.text, allowed.text
+
+
+class CountedIntrospection(server.IntrospectionVerifier):  # type: ignore[misc,name-defined]
+    """The real introspection verifier, counting how often it asks the authorization server."""
+
+    asked = 0
+
+    async def verify_token(self, token: str) -> Any:
+        CountedIntrospection.asked += 1
+        return await super().verify_token(token)
+
+
+async def test_each_request_asks_the_authorization_server_once(stack: Stack, target: ServerProcess) -> None:
+    """The gate checks the token before the SDK does; with introspection that must still be one call, not two."""
+    resource = target.url
+    verifier = CountedIntrospection(stack.issuer, resource, server.MCP_SERVER_CLIENT_ID, MCP_SERVER_SECRET)
+    config, _ = parse_config(["-t", "http", "--addr", "127.0.0.1:0"], default_port=0)
+    token = machine_token(stack, resource)
+    app = server.protected_app(config, stack.issuer, resource, verifier)
+    async with serve_app(app) as base, httpx2.AsyncClient(timeout=30) as http:
+        for _ in range(3):
+            answer = await http.post(
+                f"{base}/mcp", content=call('"who_am_i"', MODERN), headers=modern_headers("who_am_i", token)
+            )
+            assert answer.status_code == 200 and "mcp:read" in answer.text, answer.text
+    assert CountedIntrospection.asked == 3
