@@ -26,14 +26,21 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 SHARE_PER_ADDRESS = 10  # one address may hold 1/SHARE_PER_ADDRESS of the table
+# A real client follows its initialize with `notifications/initialized` at once; a session that sent
+# nothing more for this long is ended when its place is wanted.
+HALF_OPEN_SECONDS = 10.0
+KEPT_HEADERS = frozenset({b"host", b"authorization", b"mcp-protocol-version"})
 SWEEP_SECONDS = 60.0
 
 
 @dataclass
 class Session:
     address: str
-    in_flight: int = 0
+    opening: Scope  # the request that opened it, to end it the way its own client would
+    opened_at: float
+    in_flight: int = 1
     idle_since: float = 0.0
+    used: bool = False  # sent something after its initialize
 
 
 class SessionQuota:
@@ -41,6 +48,7 @@ class SessionQuota:
 
     def __init__(self, app: ASGIApp, path: str, max_sessions: int, idle_timeout: float) -> None:
         self.app, self.path = app, path
+        self.max_sessions = max_sessions
         self.per_address = max(1, max_sessions // SHARE_PER_ADDRESS)
         self.idle_timeout = idle_timeout
         self.sessions: dict[str, Session] = {}
@@ -64,7 +72,9 @@ class SessionQuota:
     async def opening_session(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         address = client[0] if client else ""
-        if self.held_by(address) >= self.per_address:
+        if self.full(address):
+            await self.end_half_open(address)
+        if self.full(address):
             refusal = {"jsonrpc": "2.0", "id": None, "error": {"code": -32603, "message": "Too many open sessions"}}
             await JSONResponse(refusal, status_code=503, headers={"Retry-After": "60"})(scope, receive, send)
             return
@@ -74,7 +84,7 @@ class SessionQuota:
             if message["type"] == "http.response.start" and message["status"] < 400:
                 session_id = Headers(raw=message["headers"]).get("mcp-session-id")
                 if session_id is not None:
-                    self.sessions[session_id] = Session(address, in_flight=1)
+                    self.sessions[session_id] = Session(address, scope, time.monotonic())
                     self.by_address[address].add(session_id)
                     opened.append(session_id)
                     self.unreserve(address)  # the reservation is now a session
@@ -108,6 +118,7 @@ class SessionQuota:
             await send(message)
 
         session.in_flight += 1
+        session.used = True
         try:
             await self.app(scope, receive, watch)
         finally:
@@ -120,6 +131,30 @@ class SessionQuota:
         if session is not None:
             session.in_flight -= 1
             session.idle_since = time.monotonic()
+
+    def full(self, address: str) -> bool:
+        """Whether a new session for `address` would pass its share, or the whole table."""
+        opening = sum(self.opening.values())
+        return self.held_by(address) >= self.per_address or len(self.sessions) + opening >= self.max_sessions
+
+    async def end_half_open(self, address: str) -> None:
+        """End the sessions, of `address` if it holds its share (else of anyone), that never went past initialize.
+
+        Each gets the DELETE its client could have sent, with the credential
+        that opened it, so the SDK frees its place too.
+        """
+        now = time.monotonic()
+        at_share = self.held_by(address) >= self.per_address
+        candidates = list(self.by_address.get(address, ()) if at_share else self.sessions)
+        for session_id in candidates:
+            session = self.sessions.get(session_id)
+            if session is None or session.used or session.in_flight or now - session.opened_at < HALF_OPEN_SECONDS:
+                continue
+            self.forget(session_id)
+            headers = [(k, v) for k, v in session.opening["headers"] if k in KEPT_HEADERS]
+            headers.append((b"mcp-session-id", session_id.encode()))
+            delete = {**session.opening, "method": "DELETE", "headers": headers}
+            await self.app(delete, no_body, discard)
 
     def held_by(self, address: str) -> int:
         """Sessions `address` holds or is opening, after forgetting those the SDK has reaped by now."""
@@ -147,3 +182,11 @@ def opens_session(headers: Headers) -> bool:
     """Whether the SDK treats a request without a session id as a 2025-11-25 one, which may open a session."""
     version = headers.get("mcp-protocol-version")
     return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+async def no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def discard(_message: Message) -> None:
+    """Where the answer to a DELETE the quota sent itself goes."""

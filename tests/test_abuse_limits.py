@@ -19,6 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from shared.config import parse_config
 from shared.serve import HEADER_TIMEOUT
+from shared.sessions import HALF_OPEN_SECONDS
 from tests.harness import HTTP_TIMEOUT, INITIALIZE, ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -131,3 +132,24 @@ async def test_an_initialize_flood_from_one_address_leaves_room_for_other_client
             assert (await attacker.delete(server.url, headers=ended)).status_code == 200
             assert (await attacker.post(server.url, content=INITIALIZE, headers=legacy)).status_code == 200
             assert (await attacker.post(server.url, content=INITIALIZE, headers=legacy)).status_code == 503
+
+
+async def test_sessions_a_flood_opened_and_never_used_make_way_for_a_client_from_the_same_address() -> None:
+    legacy = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    with ServerProcess("01-basic-mcp", "--max-sessions", "20") as server:  # 2 sessions per address
+        async with httpx2.AsyncClient(timeout=10) as attacker:
+            flood = [await attacker.post(server.url, content=INITIALIZE, headers=legacy) for _ in range(2)]
+            assert [a.status_code for a in flood] == [200, 200]
+            assert (await attacker.post(server.url, content=INITIALIZE, headers=legacy)).status_code == 503
+            await anyio.sleep(HALF_OPEN_SECONDS + 0.5)
+            async with Client(streamable_http_client(server.url), mode="legacy") as victim:  # also 127.0.0.1
+                assert "in" in str((await victim.call_tool("echo_message", {"message": "in"})).content)
+                for answer in flood:  # ended in the SDK too, not just forgotten
+                    ended = {"Mcp-Session-Id": answer.headers["mcp-session-id"], "Mcp-Protocol-Version": "2025-11-25"}
+                    ping = b'{"jsonrpc":"2.0","id":2,"method":"ping"}'
+                    reply = await attacker.post(server.url, content=ping, headers={**legacy, **ended})
+                    assert reply.status_code == 404
+                assert (await attacker.post(server.url, content=INITIALIZE, headers=legacy)).status_code == 200
+                # The address is at its share again; the victim's session is in use, so it is never the one ended.
+                assert (await attacker.post(server.url, content=INITIALIZE, headers=legacy)).status_code == 503
+                assert "still" in str((await victim.call_tool("echo_message", {"message": "still"})).content)
