@@ -2,8 +2,9 @@
 
 This is what `make run` runs. Each module is its own process (its own
 `server.py -t http`), exactly as you would start it by hand; this script only
-starts them, waits until each answers, prints where they are, and on Ctrl-C
-stops them all and waits for them to finish their in-flight calls.
+starts them, waits until each answers (and the proxy has reached its
+backends), prints where they are, what to sign in with and what to do next,
+and on Ctrl-C stops them all and waits for them to finish their in-flight calls.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import httpx2
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
+PROXY_READY_TIMEOUT = 20.0  # the proxy's backends start after it answers; wait for them, then print the banner
+DEMO_USER = "demo"  # 03's authorization server's one user
+MACHINE_CLIENT_ID = "workshop-machine"
 
 
 def no_args(_offset: int) -> list[str]:
@@ -56,7 +60,7 @@ STACK = [
     Module("01-basic-mcp", 8081, "tools, a resource and a prompt"),
     Module("02-token-passthrough", 8082, "the caller's token in context (safe mode)"),
     Module(
-        "03-oauth-mcp", 9000, "the authorization server (its demo login is printed above)", "authorization_server.py",
+        "03-oauth-mcp", 9000, "the authorization server: sign in with the demo login below", "authorization_server.py",
         lambda offset: ["--resource", f"http://127.0.0.1:{8083 + offset}/mcp"],
     ),
     Module(
@@ -64,7 +68,7 @@ STACK = [
         lambda offset: ["--issuer", f"http://127.0.0.1:{9000 + offset}"],
     ),
     Module("04-observability", 8084, "traces, metrics at /metrics, correlated logs"),
-    Module("05-mcp-proxy", 9090, "01 to 04 behind one endpoint (basic__*, passthrough__*, oauth__*, ...)"),
+    Module("05-mcp-proxy", 9090, "one endpoint: its own stdio copies of 01, 02 and 04, and the 03 above over HTTP"),
 ]  # fmt: skip
 
 
@@ -97,20 +101,39 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
         process.wait()
 
 
-def banner(stack: list[Module]) -> str:
+def wait_for_backends(proxy: Module) -> None:
+    """Until every backend of the proxy is up (or a while has passed), so their start-up logs come before the banner."""
+    deadline = time.monotonic() + PROXY_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            backends = httpx2.get(f"http://{proxy.address}/readyz", timeout=1).json().get("backends", {})
+            if backends and all(state.get("state") == "up" for state in backends.values()):
+                return
+        except (httpx2.TransportError, ValueError):
+            pass
+        time.sleep(0.2)
+
+
+def banner(stack: list[Module], env: dict[str, str]) -> str:
     width = max(len(m.folder) for m in stack)
     rows = "\n".join(f"  {m.folder:<{width}}  {m.url:<28}  {m.summary}" for m in stack)
     first = stack[0].url
+    secret = env["MACHINE_CLIENT_SECRET"]
     return f"""
-The MCP workshop is running. Connect MCP Inspector with transport "Streamable HTTP" to a URL below.
+The MCP workshop is running: {len(stack)} servers on 127.0.0.1, each its own process, logging above.
 
 {rows}
 
-  Inspector in the browser:  make inspector   (in a second terminal; it prints the page to open)
-  Inspector on the command line:
-    .venv/bin/node node_modules/.bin/mcp-inspector --cli {first} --method tools/list
+  03's demo login (browser sign-in):  {DEMO_USER} / {env["DEMO_PASSWORD"]}
+  03's machine client:                {MACHINE_CLIENT_ID} / {secret}
+    for 03's client-credentials examples, in the shell you run them from:
+    export MACHINE_CLIENT_SECRET={secret}
 
-Server logs follow on stderr. Press Ctrl-C to stop everything.
+Next: open 01-basic-mcp/README.md and follow "Try it". To connect MCP Inspector:
+  in the browser:       make inspector   (in a second terminal; it prints the page to open)
+  on the command line:  .venv/bin/node node_modules/.bin/mcp-inspector --cli {first} --method tools/list
+
+Press Ctrl-C to stop everything.
 """
 
 
@@ -129,7 +152,9 @@ def main() -> int:
 
     # 03's MCP server authenticates to its authorization server for token exchange, and the proxy (05) as
     # the machine client for a token of its own: one secret for each pair, made up for this run.
+    # The demo password too, so that the banner can show it (the authorization server would make one up).
     env = {
+        "DEMO_PASSWORD": secrets.token_urlsafe(9),
         "MCP_SERVER_CLIENT_SECRET": secrets.token_urlsafe(24),
         "MACHINE_CLIENT_SECRET": secrets.token_urlsafe(24),
         **os.environ,
@@ -145,7 +170,8 @@ def main() -> int:
             print(f"run_workshop: {module.folder} did not start (see its log above)", file=sys.stderr)
             stop(processes)
             return 1
-    print(banner(stack), flush=True)
+    wait_for_backends(stack[-1])
+    print(banner(stack, env), flush=True)
 
     while not stopping:
         for module, process in zip(stack, processes, strict=True):
