@@ -108,7 +108,10 @@ async def discover_issuer(server_url: str) -> str:
     origin, path = server_url.split("/", 3)[:3], urlsplit(server_url).path.rstrip("/")
     base = "/".join(origin)
     async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
-        challenge = await http.post(server_url, json={}, headers={"accept": "application/json, text/event-stream"})
+        try:
+            challenge = await http.post(server_url, json={}, headers={"accept": "application/json, text/event-stream"})
+        except httpx2.TransportError:
+            raise SystemExit(f"client.py: error: cannot reach the MCP server {server_url}: start it first") from None
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge.headers.get("www-authenticate", "")))
         candidates = [params["resource_metadata"]] if "resource_metadata" in params else []
         candidates += [
@@ -120,14 +123,20 @@ async def discover_issuer(server_url: str) -> str:
             raise SystemExit(f"client.py: error: {server_url} names no authorization server")
         issuer = str(resource_metadata["authorization_servers"][0])
         as_origin, as_path = "/".join(issuer.split("/", 3)[:3]), urlsplit(issuer).path.rstrip("/")
-        metadata = await first_json(
-            http,
-            [
-                f"{as_origin}/.well-known/oauth-authorization-server{as_path}",
-                f"{as_origin}/.well-known/openid-configuration{as_path}",
-                f"{as_origin}{as_path}/.well-known/openid-configuration",
-            ],
-        )
+        try:
+            metadata = await first_json(
+                http,
+                [
+                    f"{as_origin}/.well-known/oauth-authorization-server{as_path}",
+                    f"{as_origin}/.well-known/openid-configuration{as_path}",
+                    f"{as_origin}{as_path}/.well-known/openid-configuration",
+                ],
+            )
+        except httpx2.TransportError:
+            raise SystemExit(
+                f"client.py: error: cannot reach the authorization server {issuer} that {server_url} names: "
+                "start it first (.venv/bin/python 03-oauth-mcp/authorization_server.py)"
+            ) from None
     if metadata is None:
         raise SystemExit(f"client.py: error: no metadata found for the authorization server {issuer}")
     if "S256" not in metadata.get("code_challenge_methods_supported", []):
@@ -221,7 +230,8 @@ async def main(server_url: str, client_credentials: bool) -> None:
         secret = context.get("client_secret") or os.environ.get("MACHINE_CLIENT_SECRET")
         if not secret:
             raise SystemExit(
-                "client.py: error: --client-credentials needs MACHINE_CLIENT_SECRET (the server prints it)"
+                "client.py: error: --client-credentials needs MACHINE_CLIENT_SECRET: paste the export line"
+                " `make run` printed, or set it to the secret the authorization server printed"
             )
         auth = ClientCredentialsOAuthProvider(
             server_url=server_url, storage=storage, client_id=client_id, client_secret=secret, issuer=issuer

@@ -1063,3 +1063,15 @@ def test_the_authorization_server_offers_no_stdio() -> None:
     assert refused.returncode == 2
     [line] = refused.stderr.splitlines()
     assert line.startswith("authorization_server.py: error: argument -t/--transport: invalid choice: 'stdio'")
+
+
+def test_client_names_the_authorization_server_to_start_when_it_is_not_running() -> None:
+    """03's server started before its authorization server: client.py fails in one line that says what to start."""
+    issuer = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with ServerProcess(FOLDER, "--issuer", issuer, env=ENV) as mcp_server:
+        done = run_server(FOLDER, "--client-credentials", f"{mcp_server.url}", script="client.py")
+        assert httpx2.get(f"{mcp_server.base_url}/healthz").status_code == 200  # the server carries on
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"client.py: error: cannot reach the authorization server {issuer}")
+    assert "authorization_server.py" in line
