@@ -162,6 +162,20 @@ def protected_app(
     return build_http_app(mcp, config, middleware=[gate])
 
 
+def warn_if_unreachable(issuer: str) -> None:
+    """Say so at start if the authorization server is not up: every caller would be refused, and clients fail."""
+    try:
+        reachable = httpx2.get(f"{issuer}/.well-known/oauth-authorization-server", timeout=2).status_code == 200
+    except httpx2.TransportError:
+        reachable = False
+    if not reachable:
+        log.warning(
+            "cannot reach the authorization server: no caller can get a token until it runs "
+            "(start .venv/bin/python 03-oauth-mcp/authorization_server.py)",
+            issuer=issuer,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(__doc__, DEFAULT_PORT)
     parser.add_argument(
@@ -202,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error("--introspect authenticates to the authorization server: set MCP_SERVER_CLIENT_SECRET")
         verifier = IntrospectionVerifier(issuer, resource, MCP_SERVER_CLIENT_ID, secret)
     app = protected_app(config, issuer, resource, verifier, exchange, args.upstream_url)
+    warn_if_unreachable(issuer)
     run_uvicorn(app, sock, config, resource)
 
 

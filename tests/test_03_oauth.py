@@ -1071,6 +1071,8 @@ def test_client_names_the_authorization_server_to_start_when_it_is_not_running()
     with ServerProcess(FOLDER, "--issuer", issuer, env=ENV) as mcp_server:
         done = run_server(FOLDER, "--client-credentials", f"{mcp_server.url}", script="client.py")
         assert httpx2.get(f"{mcp_server.base_url}/healthz").status_code == 200  # the server carries on
+        warned = [e for e in mcp_server.events() if e.get("event", "").startswith("cannot reach the authorization")]
+        assert [e["issuer"] for e in warned] == [issuer]  # it said so at start
     assert done.returncode == 1
     [line] = done.stderr.splitlines()
     assert line.startswith(f"client.py: error: cannot reach the authorization server {issuer}")
