@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 from contextvars import ContextVar
+from functools import partial
 from typing import Any, cast
 
 import httpx2
@@ -28,7 +29,7 @@ from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, RequestBodyLimitMiddleware
 from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
 from mcp_types import INVALID_REQUEST
 from pydantic import AnyHttpUrl
@@ -205,7 +206,8 @@ class ScopeGate:
     - A request without a valid token is refused from its headers alone,
       before a byte of its body is read: an anonymous caller must not make
       this server hold a body of any size.
-    - A body larger than `max_body` is refused (413) before it is read whole.
+    - A body larger than `max_body` is refused (413) before it is read whole, by the SDK's
+      `RequestBodyLimitMiddleware`, which this gate puts behind its token check.
     - The SDK checks one set of scopes for the whole endpoint. A tool that needs
       more must be refused at the HTTP level, with a challenge naming every
       scope the call needs, so that the client can ask the user for them
@@ -224,7 +226,7 @@ class ScopeGate:
         resource_metadata: str,
         base_scope: str,
         tool_scopes: dict[str, list[str]],
-        max_body: int = DEFAULT_MAX_REQUEST_BODY_SIZE,  # the SDK's own limit, here kept before the gate reads
+        max_body: int = DEFAULT_MAX_REQUEST_BODY_SIZE,  # the SDK's own limit
     ) -> None:
         self.app, self.resource_metadata, self.max_body = app, resource_metadata, max_body
         self.backend = BearerAuthBackend(verifier, resource_server_url=cast(AnyHttpUrl, resource))
@@ -235,12 +237,14 @@ class ScopeGate:
             await self.app(scope, receive, send)
             return
         refusal, granted = await self.authenticate(scope)
-        if refusal is None and scope["method"] == "POST":
-            refusal, receive = await self.check_body(scope, receive, granted)
         if refusal is not None:
             await refusal(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        elif scope["method"] == "POST":
+            # Only now, for a caller we know, is the body read: capped by the SDK's own middleware.
+            scope_check = partial(self.check_scopes, granted)
+            await RequestBodyLimitMiddleware(scope_check, self.max_body)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def authenticate(self, scope: Scope) -> tuple[Response | None, set[str]]:
         """A refusal from the headers alone, or the scopes the caller's token grants."""
@@ -257,23 +261,18 @@ class ScopeGate:
             return self.challenge(403, "insufficient_scope", [self.base_scope], needs), granted
         return None, granted
 
-    async def check_body(self, scope: Scope, receive: Receive, granted: set[str]) -> tuple[Response | None, Receive]:
-        """Read a bounded body, and refuse it if it calls a tool that needs more than `granted`."""
-        too_large = JSONResponse({"error": "request body too large"}, 413)
-        length = Headers(scope=scope).get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return too_large, receive
-        read = await read_body(receive, self.max_body)
-        if read is None:
-            return too_large, receive
-        body, replay = read
+    async def check_scopes(self, granted: set[str], scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a body that calls a tool needing more than `granted`; hand any other on unchanged."""
+        body, replay = await read_body(receive)
         # An `Mcp-Name` header that names another tool than the body can only ask for more scope, never less.
         named = {decode_header_value(value) or value for value in Headers(scope=scope).getlist(MCP_NAME_HEADER)}
         needed = [s for name in sorted(called_tools(body) | named) for s in self.tool_scopes.get(name, [])]
         if not set(needed) <= granted:
             wanted = list(dict.fromkeys([self.base_scope, *needed]))
-            return self.challenge(403, "insufficient_scope", wanted, f"this tool needs {' '.join(wanted)}"), replay
-        return None, replay
+            refusal = self.challenge(403, "insufficient_scope", wanted, f"this tool needs {' '.join(wanted)}")
+            await refusal(scope, replay, send)
+            return
+        await self.app(scope, replay, send)
 
     def challenge(self, status: int, error: str | None, scopes: list[str], description: str) -> Response:
         """A `WWW-Authenticate: Bearer` challenge that names the scope needed (MCP authorization: SHOULD)."""
@@ -285,19 +284,15 @@ class ScopeGate:
         return JSONResponse(body, status, headers={"WWW-Authenticate": "Bearer " + ", ".join(params)})
 
 
-async def read_body(receive: Receive, limit: int) -> tuple[bytes, Receive] | None:
-    """Read a request body of at most `limit` bytes to look at it, and a `receive` that hands it on unchanged.
+async def read_body(receive: Receive) -> tuple[bytes, Receive]:
+    """Read a request body to look at it, and a `receive` that hands it on unchanged.
 
-    None when the body is longer: it is not read any further.
+    Its size is already capped by the `RequestBodyLimitMiddleware` in front.
     """
-    chunks, size, more = [], 0, True
+    chunks, more = [], True
     while more:
         message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+        chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body, sent = b"".join(chunks), False
 
