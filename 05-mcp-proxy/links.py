@@ -3,9 +3,9 @@
 Why not the SDK's `Client`? It is the right tool for an application, but a
 proxy only relays: parsing every message into full models on the way in and
 dumping it again on the way out cost more than the backend's own work (the
-benchmark in bench/proxy_overhead.py measured it). A link keeps messages as
-plain dicts, checks only what it needs to route them, and leaves validating
-to the two ends that own the data.
+figures are in bench/README.md). A link keeps messages as plain dicts,
+checks only what it needs to route them, and leaves validating to the two
+ends that own the data.
 
 Toward backends a link speaks either era. Over stdio, and to any server that
 does not offer 2026-07-28, it is the 2025-11-25 handshake: every MCP server
@@ -849,8 +849,8 @@ class SocketStream(httpcore2.AsyncNetworkStream):
 
     Before each request the pool asks every idle connection whether the
     server has closed it, which means finding its socket; anyio builds a fresh
-    table of socket attributes for each such question. With 32 clients that
-    was 14 % of the proxy's time (bench/proxy_overhead.py). A connection's
+    table of socket attributes for each such question, a real share of the
+    proxy's time with many clients (bench/README.md). A connection's
     socket never changes, so it is found once, when the connection is made.
 
     httpcore2 writes a request's head and its body separately: two system

@@ -4,10 +4,8 @@ Why this file exists: `opentelemetry-exporter-otlp-proto-http` builds each
 protobuf message by passing its parts to the constructor (`KeyValue(key=…,
 value=AnyValue(…))`). With the `upb` protobuf backend a message passed like
 that is copied into its parent by serialising and parsing it again, so a span
-with ten attributes is encoded about twenty times over. Measured on one MCP
-server span: 36-55 µs in the library, about 12 µs filled in place here, and the
-export was the largest single cost of 04's telemetry (about a tenth of a
-call's instructions under callgrind).
+with ten attributes is encoded about twenty times over, and that was the
+largest single cost of 04's telemetry (figures in bench/README.md).
 
 Everything else (endpoint, headers, TLS, compression, timeout, retries) stays
 the library's: only the encoding is ours, and `tests/test_04_observability.py`

@@ -19,9 +19,8 @@ top, each for a reason the SDK notes spell out:
   tenth of the 2025-11-25 session table (`shared/sessions.py`), and a request
   whose headers take longer than HEADER_TIMEOUT is cut off.
 - HTTP is parsed by httptools (C) and the event loop is uvloop where it
-  exists, uvicorn's own fast path: a call through 05's proxy costs 16 %
-  fewer instructions than with the pure-Python h11 and asyncio's loop
-  (5.37 M -> 4.50 M under callgrind), and 01's own call about a fifth fewer.
+  exists, uvicorn's own fast path: measurably cheaper per call than the
+  pure-Python h11 and asyncio's loop (bench/README.md).
 """
 
 from __future__ import annotations

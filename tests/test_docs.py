@@ -23,7 +23,7 @@ from tests.harness import REPO, ServerProcess, free_port, server_env
 
 pytestmark = pytest.mark.anyio
 
-READMES = sorted([REPO / "README.md", *REPO.glob("0*-*/README.md")])
+READMES = sorted([REPO / "README.md", *REPO.glob("0*-*/README.md"), REPO / "bench" / "README.md"])
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 # The server behind each port the READMEs use, for console blocks that reach a server over HTTP.
 PORTS: dict[str, tuple[str, ...]] = {
@@ -181,3 +181,16 @@ def test_the_root_readme_layout_is_the_tree() -> None:
         files = {path.removeprefix(folder) for path in tracked if path.startswith(folder)}
         named = set(re.findall(r"[\w-]+\.(?:py|json|md)\b", entries[folder]))
         assert named == files, f"{folder}: the layout names {sorted(named)}, the folder holds {sorted(files)}"
+
+
+# A measured figure: a time in µs, a rate, a count of instructions, or a throughput ratio.
+FIGURE = re.compile(r"\d(?:\.\d+)? ?(?:µs|ms/call|calls/s)|\d(?:\.\d+)? ?[MK] instructions|\d %? of (?:direct|01)")
+
+
+def test_performance_figures_live_in_bench_readme() -> None:
+    """Code and lesson READMEs give a reason and a link; the numbers, with their date and machine, are in one place."""
+    places = [*REPO.glob("0*-*/*.py"), *(REPO / "shared").glob("*.py"), *READMES]
+    for path in places:
+        if path.parent.name != "bench":
+            found = FIGURE.findall(path.read_text())
+            assert not found, f"{path.relative_to(REPO)} quotes {found}: move the figures to bench/README.md"
