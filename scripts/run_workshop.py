@@ -60,16 +60,22 @@ STACK = [
     Module("01-basic-mcp", 8081, "tools, a resource and a prompt"),
     Module("02-token-passthrough", 8082, "the caller's token in context (safe mode)"),
     Module(
-        "03-oauth-mcp", 9000, "the authorization server: sign in with the demo login below", "authorization_server.py",
+        "03-oauth-mcp",
+        9000,
+        "the authorization server: sign in with the demo login below",
+        "authorization_server.py",
         lambda offset: ["--resource", f"http://127.0.0.1:{8083 + offset}/mcp"],
     ),
     Module(
-        "03-oauth-mcp", 8083, "needs an access token from the authorization server", "server.py",
+        "03-oauth-mcp",
+        8083,
+        "needs an access token from the authorization server",
+        "server.py",
         lambda offset: ["--issuer", f"http://127.0.0.1:{9000 + offset}"],
     ),
     Module("04-observability", 8084, "traces, metrics at /metrics, correlated logs"),
     Module("05-mcp-proxy", 9090, "one endpoint: its own stdio copies of 01, 02 and 04, and the 03 above over HTTP"),
-]  # fmt: skip
+]
 
 
 def start(module: Module, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -206,8 +206,13 @@ def test_a_client_that_asks_for_no_scope_gets_the_base_scope_only(auth: ServerPr
     page = httpx2.get(authorize_url(auth, authorize_query(client, challenge)))  # no scope asked
     assert "<li>mcp:admin</li>" not in page.text
     code = code_from(answer(auth, page_fields(page)))
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK, "client_id": client,
-            "code_verifier": verifier}  # fmt: skip
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": CALLBACK,
+        "client_id": client,
+        "code_verifier": verifier,
+    }
     token = httpx2.post(f"{auth.url}/token", data=form)
     assert token.status_code == 200 and token.json()["scope"] == "mcp:read"
     unknown = register(auth, scope="mcp:read root")
@@ -234,8 +239,14 @@ def test_a_token_request_with_a_repeated_parameter_is_refused(auth: ServerProces
     client = client_id(auth)
     verifier, challenge = pkce()
     code = code_from(answer(auth, page_fields(httpx2.get(authorize_url(auth, authorize_query(client, challenge))))))
-    items = [("grant_type", "authorization_code"), ("code", code), ("redirect_uri", CALLBACK),
-             ("client_id", client), ("code_verifier", "x" * 43), ("code_verifier", verifier)]  # fmt: skip
+    items = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", CALLBACK),
+        ("client_id", client),
+        ("code_verifier", "x" * 43),
+        ("code_verifier", verifier),
+    ]
     headers = {"content-type": "application/x-www-form-urlencoded"}
     response = httpx2.post(f"{auth.url}/token", content=urlencode(items), headers=headers)
     assert response.status_code == 400, response.text
