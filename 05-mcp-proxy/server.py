@@ -46,6 +46,7 @@ from mcp.types import (
     LOG_LEVEL_META_KEY,
     METHOD_NOT_FOUND,
     CallToolRequestParams,
+    CompleteRequestParams,
     CreateMessageRequest,
     CreateMessageResult,
     ElicitRequest,
@@ -53,6 +54,7 @@ from mcp.types import (
     GetPromptRequestParams,
     LoggingLevel,
     PaginatedRequestParams,
+    PromptReference,
     ReadResourceRequestParams,
     SubscribeRequestParams,
     SubscriptionsListenRequestParams,
@@ -514,6 +516,24 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
         return await forward_or_fail(ctx, item, "resources/read", {"uri": uri})
 
+    async def complete(ctx: ServerRequestContext[Proxy], params: CompleteRequestParams) -> Reply:
+        """Completions for a prompt's or a resource template's argument: asked of the backend that offers it."""
+        asked = ctx.params or {}
+        ref = dict(asked.get("ref") or {})
+        if isinstance(params.ref, PromptReference):
+            item = find(ctx, "prompts", params.ref.name)
+            if item is not None:
+                ref["name"] = item.original["name"]
+        else:
+            uri = params.ref.uri
+            item = find(ctx, "resourceTemplates", uri) or find(ctx, "resources", uri)
+            if item is not None:
+                ref["uri"] = item.original.get("uriTemplate") or item.original.get("uri")
+        if item is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown reference: {ref}")
+        forwarded = {key: value for key, value in asked.items() if key in ("argument", "context")}
+        return await forward_or_fail(ctx, item, "completion/complete", {**forwarded, "ref": ref})
+
     async def forward_or_fail(ctx: ServerRequestContext[Proxy], item: Item, method: str, params: Message) -> Message:
         """Reads are safe to send again; a backend that cannot answer is a clear protocol error."""
         backend = item.owner.backend
@@ -538,6 +558,7 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
         on_subscribe_resource=subscribe_resource,
         on_unsubscribe_resource=unsubscribe_resource,
         on_subscriptions_listen=Listen(proxy),
+        on_completion=complete,
         # Lists depend on the caller's token and change whenever a backend's do: never shared, fresh every time.
         cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in CACHEABLE_METHODS},  # type: ignore[misc]
         # The SDK checks `Mcp-Param-*` headers against the tool's schema; give it ours, not a tools/list per call.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,21 @@ DIRECT_PASSED = {"2025-11-25": 84, "2026-07-28": 152}
 FIXTURE = "conformance_fixture.py"
 
 
+Results = Callable[[str], dict[str, str]]
+# Scenarios 05 does not yet pass as the fixture does directly (issue 17): each goes as its item is fixed.
+STILL_DIFFERENT = {
+    "logging-set-level",  # item 2
+    "tools-call-with-logging",  # item 2
+    "server-stateless",  # items 3 and 7
+    "input-required-result-capability-check",  # item 3
+    "tools-call-sampling",  # item 4
+    "tools-call-elicitation",  # item 4
+    "elicitation-sep1034-defaults",  # item 4
+    "elicitation-sep1330-enums",  # item 4
+    "server-sse-polling",  # item 5
+}
+
+
 def suite(url: str, revision: str, out: Path) -> dict[str, str]:
     """Run `conformance server --suite all` at one revision; each check's status, by scenario and check id.
 
@@ -81,9 +96,61 @@ def fixture_server() -> Iterator[ServerProcess]:
         yield proc
 
 
+@pytest.fixture(scope="module")
+def direct_results(fixture_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+    """The suite's verdicts on the fixture itself, one run per revision, shared by the tests below."""
+    runs: dict[str, dict[str, str]] = {}
+
+    def results(revision: str) -> dict[str, str]:
+        if revision not in runs:
+            runs[revision] = suite(fixture_server.url, revision, tmp_path_factory.mktemp(f"direct-{revision}"))
+        return runs[revision]
+
+    yield results
+
+
+@pytest.fixture(scope="module")
+def proxied_fixture(fixture_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """05 in front of the fixture alone, with no prefix: a client should not be able to tell it is there.
+
+    Pinning is off: the suite's `test_trigger_tool_change` adds a tool for a moment, which pinning would
+    (rightly) hold back until someone approves it; that is the proxy's policy, not a difference of protocol.
+    """
+    config = {"mcpServers": {"fixture": {"url": fixture_server.url, "prefix": "", "pinning": "off"}}}
+    path = tmp_path_factory.mktemp("proxied-fixture") / "config.json"
+    path.write_text(json.dumps(config))
+    with ServerProcess("05-mcp-proxy", "--config", str(path)) as proxy:
+        yield proxy
+
+
 @pytest.mark.parametrize("revision", REVISIONS)
-def test_the_fixture_passes_the_whole_suite(fixture_server: ServerProcess, revision: str, tmp_path: Path) -> None:
+def test_the_fixture_passes_the_whole_suite(direct_results: Results, revision: str) -> None:
     """The fixture is what the suite expects of a server, check for check (about 3 s a revision)."""
-    results = suite(fixture_server.url, revision, tmp_path)
+    results = direct_results(revision)
     failing = {key: status for key, status in results.items() if not status.startswith(("SUCCESS", "INFO"))}
     assert tally(results)["SUCCESS"] == DIRECT_PASSED[revision] and not failing, failing
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_through_05_every_check_ends_as_it_does_directly(
+    direct_results: Results, proxied_fixture: ServerProcess, revision: str, tmp_path: Path
+) -> None:
+    """The whole suite through 05 gives each check the verdict it gets directly (and a failure, the same message).
+
+    The suite takes about 3 s a revision directly and 8 s through the proxy (some checks wait for
+    notifications that a server need not send: those waits run out the same way direct and proxied).
+    """
+    direct, proxied = direct_results(revision), suite(proxied_fixture.url, revision, tmp_path)
+    differ = {
+        key: {"direct": direct.get(key), "through 05": proxied.get(key)}
+        for key in sorted(direct.keys() | proxied.keys())
+        if verdict(direct.get(key)) != verdict(proxied.get(key)) and key.split()[0] not in STILL_DIFFERENT
+    }
+    assert not differ, json.dumps(differ, indent=1)
+
+
+def verdict(status: str | None) -> str | None:
+    """A check's status; for a failure, with its message (the proxy must fail a check the same way)."""
+    if status is None or status.startswith("FAILURE"):
+        return status
+    return status.split(":", 1)[0]
