@@ -191,10 +191,13 @@ class Link:
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
         pass_input_required: bool = False,
+        capabilities: Mapping[str, Any] | None = None,
     ) -> Message:
         """Send one request and wait for its result; the backend's error is raised as `BackendError`.
 
-        `headers` go with this request only, and only over HTTP. A 2026-07-28
+        `headers` go with this request only, and only over HTTP. `capabilities`
+        are what the caller declared: a 2026-07-28 backend is told those, no
+        more, so it asks only what the caller can answer. A 2026-07-28
         backend that needs input first answers `input_required`: the link asks
         `relay` and sends the request again with the answers, unless
         `pass_input_required` says the caller (a 2026-07-28 client) answers
@@ -204,7 +207,14 @@ class Link:
         wait = 0.05  # after a round that brought only state, as the SDK's client does: doubling, up to 0.25 s
         for _ in range(MAX_INPUT_ROUNDS):
             result = await self.exchange(
-                method, body, progress=progress, relay=relay, on_log=on_log, timeouts=timeouts, headers=headers
+                method,
+                body,
+                progress=progress,
+                relay=relay,
+                on_log=on_log,
+                timeouts=timeouts,
+                headers=headers,
+                capabilities=capabilities,
             )
             if result.get("resultType") != "input_required" or relay is None or pass_input_required:
                 return result
@@ -243,6 +253,7 @@ class Link:
         on_log: LogRelay | None = None,
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
+        capabilities: Mapping[str, Any] | None = None,
     ) -> Message:
         """One request, one answer."""
         if self.closed.is_set():
@@ -256,6 +267,8 @@ class Link:
         meta["progressToken"] = call.id
         if self.modern:
             meta.update(ENVELOPE)
+            if capabilities is not None:
+                meta[CLIENT_CAPABILITIES_META_KEY] = capabilities
         if meta:
             body["_meta"] = meta
         else:

@@ -42,6 +42,7 @@ from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp.types import (
+    CLIENT_CAPABILITIES_META_KEY,
     INVALID_PARAMS,
     LOG_LEVEL_META_KEY,
     METHOD_NOT_FOUND,
@@ -204,6 +205,9 @@ class Proxy:
         for kind in KINDS:
             if [i.public for i in catalogue[kind].values()] != [i.public for i in self.catalogue[kind].values()]:
                 self.changed_kinds.add("resources" if kind == "resourceTemplates" else kind)
+        if _changed is not None:  # what the backend said changed, whatever the listing shows now
+            self.changed_kinds |= _changed.told & set(CHANGED)
+            _changed.told = set()
         self.catalogue = catalogue
         self.templates = [
             (template, item)
@@ -714,6 +718,7 @@ async def express_call(
             result = await connection.request(
                 method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
                 headers=backend_headers(connection, request, extra_headers), pass_input_required=True,
+                capabilities=caller_meta.get(CLIENT_CAPABILITIES_META_KEY) or {},
             )  # fmt: skip
         except BackendError as exc:
             raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
@@ -756,7 +761,7 @@ async def forward(
         return await connection.request(
             method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
             progress=progress if wants_progress else None, relay=relay, on_log=log_message, headers=headers,
-            pass_input_required=modern_caller,
+            pass_input_required=modern_caller, capabilities=declared(ctx, caller_meta),
         )  # fmt: skip
 
     headers = backend_headers(connection, ctx.request if isinstance(ctx.request, Request) else None, extra_headers)
@@ -775,6 +780,16 @@ async def forward(
     except BackendError as exc:
         raise MCPError(code=exc.code, message=exc.message, data=exc.data) from None
     return cleaned(result)
+
+
+def declared(ctx: ServerRequestContext[Proxy], caller_meta: Mapping[str, Any]) -> Message:
+    """What the caller said it can do (what a 2026-07-28 backend may ask of it): per request in 2026-07-28,
+    at `initialize` in 2025-11-25."""
+    said = caller_meta.get(CLIENT_CAPABILITIES_META_KEY)
+    if isinstance(said, dict):
+        return said
+    capabilities = ctx.session.client_capabilities
+    return capabilities.model_dump(by_alias=True, mode="json", exclude_none=True) if capabilities is not None else {}
 
 
 async def ask_client(ctx: ServerRequestContext[Proxy], method: str, params: Mapping[str, Any] | None) -> Message:

@@ -78,6 +78,9 @@ class Connection:
     settled: anyio.Event = field(default_factory=anyio.Event)  # set once the first start succeeded or failed
     tg: TaskGroup | None = None
     relisting: bool = False
+    # The lists the backend said changed since the proxy last looked: clients are told even if the proxy's
+    # listing comes out the same (a tool added and taken away again is news a client may need).
+    told: set[str] = field(default_factory=set)
     watched: frozenset[str] = frozenset()  # resource URIs clients follow: asked for again on every new link
     watching: anyio.Lock = field(default_factory=anyio.Lock)  # one change of `watched` at a time reaches the link
     machine: MachineToken | None = None  # the proxy's own token for the backend, when its entry has `oauth`
@@ -187,9 +190,11 @@ class Connection:
 
     async def notified(self, method: str, params: Mapping[str, Any] | None) -> None:
         """What the backend tells us unasked."""
-        if method.endswith("/list_changed") and self.tg is not None and not self.relisting:
-            self.relisting = True
-            self.tg.start_soon(self.relist_soon)
+        if method.endswith("/list_changed") and self.tg is not None:
+            self.told.add(method.split("/")[1])
+            if not self.relisting:
+                self.relisting = True
+                self.tg.start_soon(self.relist_soon)
         elif method == "notifications/resources/updated" and params is not None and isinstance(params.get("uri"), str):
             with anyio.CancelScope(shield=True):  # reopening our listen stream must not cut a relay short
                 await self.on_updated(self, params["uri"])
@@ -235,6 +240,7 @@ class Connection:
         on_log: LogRelay | None = None,
         headers: Mapping[str, str] | None = None,
         pass_input_required: bool = False,
+        capabilities: Mapping[str, Any] | None = None,
     ) -> Message:
         """Forward one request; on a broken link, send it once more only when that cannot do harm."""
         for attempt in (1, 2):
@@ -249,6 +255,7 @@ class Connection:
                     timeouts=timeouts,
                     headers=headers,
                     pass_input_required=pass_input_required,
+                    capabilities=capabilities,
                 )
             except LinkDown as exc:
                 if attempt == 2 or (exc.sent and not safe):

@@ -51,8 +51,6 @@ Results = Callable[[str], dict[str, str]]
 STILL_DIFFERENT = {
     "logging-set-level",  # item 2
     "tools-call-with-logging",  # item 2
-    "server-stateless",  # items 3 and 7
-    "input-required-result-capability-check",  # item 3
     "tools-call-sampling",  # item 4
     "tools-call-elicitation",  # item 4
     "elicitation-sep1034-defaults",  # item 4
