@@ -44,6 +44,7 @@ async def countdown(seconds: Annotated[int, Field(ge=1, le=30)], ctx: Context) -
     """Count down from a number of seconds (1 to 30), reporting progress each second."""
     # A long call is what graceful shutdown is about: stop the server mid-countdown
     # and it still finishes, if it fits in the grace period.
+    log.info("countdown started", seconds=seconds)
     for elapsed in range(seconds):
         await ctx.report_progress(elapsed, seconds, f"{seconds - elapsed} s left")
         await anyio.sleep(1)

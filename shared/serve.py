@@ -13,7 +13,9 @@ top, each for a reason the SDK notes spell out:
   clear error line and `--addr :0` can pick a free port (the tests use that).
 - Ctrl-C and SIGTERM stop the server and exit 0, over both transports. Open
   `subscriptions/listen` streams are ended the way the spec calls graceful
-  first: uvicorn would otherwise wait the whole grace period for them.
+  first: uvicorn would otherwise wait the whole grace period for them. The
+  calls in flight are answered before a 2025-11-25 session's GET stream is
+  ended (`shared/drain.py`): ended first, it takes their answers with it.
 - Abuse limits: forwarded headers are believed only from `--trusted-proxies`
   (uvicorn believes any from 127.0.0.1), one client address holds at most a
   tenth of the 2025-11-25 session table (`shared/sessions.py`), and a request
@@ -51,6 +53,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from shared.config import Address, ServerConfig
 from shared.context import REQUEST_ID_HEADER, RequestContextMiddleware
+from shared.drain import CountRequests, InFlight, streams_ended_by_hand
 from shared.finite import refuse_non_finite
 from shared.sessions import SessionQuota
 from shared.stdio import serve_stdio_async
@@ -127,16 +130,23 @@ def build_http_app(
         async with mcp.session_manager.run():
             yield
 
+    in_flight = InFlight()
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
             *routes,
             Mount("/", app=SessionQuota(mcp_app, MCP_PATH, config.max_sessions, SESSION_IDLE_SECONDS)),
         ],
-        middleware=[cors(security), Middleware(RequestContextMiddleware), *middleware],
+        middleware=[
+            Middleware(CountRequests, in_flight=in_flight, stream_path=MCP_PATH),
+            cors(security),
+            Middleware(RequestContextMiddleware),
+            *middleware,
+        ],
         lifespan=lifespan,
     )
     app.state.end_streams = stream_closer(mcp)
+    app.state.in_flight = in_flight
     return app
 
 
@@ -239,17 +249,29 @@ class HttpProtocol(HttpToolsProtocol):
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn with two workshop tweaks: a log line when ready, and exit 0 on a signal.
+    """uvicorn with three workshop tweaks: a log line when ready, calls answered first, and exit 0 on a signal.
 
     Stock uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, so the
     process dies with 130/143; for a server asked to stop, stopping is success.
     """
 
-    def __init__(self, config: uvicorn.Config, url: str, grace: int, end_streams: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        url: str,
+        grace: int,
+        end_streams: Callable[[], None] | None,
+        in_flight: InFlight | None,
+    ) -> None:
         super().__init__(config)
         self.url = url
         self.grace = grace
         self.end_streams = end_streams
+        self.in_flight = in_flight or InFlight()  # an app without a count (03's authorization server) has no calls
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        with streams_ended_by_hand():
+            await super().serve(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -272,7 +294,11 @@ class _Uvicorn(uvicorn.Server):
         log.info("shutting down", grace_seconds=self.grace)
         if self.end_streams is not None:
             self.end_streams()
-        await super().shutdown(sockets)
+        async with anyio.create_task_group() as streams:
+            # Runs beside uvicorn's own drain, which waits (up to the grace period) for every connection to close.
+            streams.start_soon(self.in_flight.end_streams_when_answered)
+            await super().shutdown(sockets)
+            streams.cancel_scope.cancel()
         log.info("stopped")
 
 
@@ -307,8 +333,9 @@ def run_uvicorn(app: Starlette, sock: socket.socket, config: ServerConfig, url: 
         proxy_headers=bool(config.trusted_proxies),
         forwarded_allow_ips=list(config.trusted_proxies),
     )
-    end_streams = getattr(app.state, "end_streams", None)  # set by build_http_app
-    _Uvicorn(uv_config, url, config.grace_seconds, end_streams).run(sockets=[sock])
+    # Both set by build_http_app.
+    end_streams, in_flight = getattr(app.state, "end_streams", None), getattr(app.state, "in_flight", None)
+    _Uvicorn(uv_config, url, config.grace_seconds, end_streams, in_flight).run(sockets=[sock])
 
 
 def serve_http(app: Starlette, config: ServerConfig) -> None:

@@ -166,6 +166,7 @@ class ServerProcess:
         CAPTURED_LOGS.append(self.lines)
         self.url = ""
         self._ready = threading.Event()
+        self._logged = threading.Condition()
         self.proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
@@ -191,7 +192,9 @@ class ServerProcess:
     def _read_stderr(self) -> None:
         assert self.proc and self.proc.stderr
         for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
+            with self._logged:
+                self.lines.append(line.rstrip("\n"))
+                self._logged.notify_all()
             event = parse_json_line(line)
             if event and event.get("event") == "serving" and "url" in event:
                 self.url = str(event["url"])
@@ -208,6 +211,16 @@ class ServerProcess:
     def events(self) -> list[dict[str, Any]]:
         """The JSON log events the server wrote so far."""
         return [e for e in map(parse_json_line, list(self.lines)) if e is not None]
+
+    def wait_for_event(self, event: str, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+        """Block until the server logs `event`; returns it."""
+        with self._logged:
+            found = self._logged.wait_for(
+                lambda: next((e for e in self.events() if e.get("event") == event), None), timeout
+            )
+        if found is None:
+            raise AssertionError(f"{self.folder} never logged {event!r}:\n" + "\n".join(self.lines))
+        return found
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc
@@ -303,11 +316,21 @@ def node_tool(name: str) -> list[str]:
     return [str(node), str(tool.resolve())]
 
 
-def run_node_tool(name: str, args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def node_env() -> dict[str, str]:
     env = {**server_env(), "NO_COLOR": "1", "CI": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_node_tool(name: str, args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [*node_tool(name), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*node_tool(name), *args],
+        cwd=REPO,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     CAPTURED_LOGS.append(done.stderr.splitlines())  # a stdio server's logs arrive on the peer's stderr
     return done
@@ -321,6 +344,19 @@ def inspector_cli(*args: str, timeout: float = 120) -> Any:
             f"inspector exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
         )
     return json.loads(result.stdout)
+
+
+def start_inspector_cli(*args: str) -> subprocess.Popen[str]:
+    """Start the MCP Inspector CLI without waiting for it, for a test that acts while its call runs."""
+    return subprocess.Popen(
+        [*node_tool("mcp-inspector"), "--cli", *args],
+        cwd=REPO,
+        env=node_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def conformance(url: str, scenario: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:

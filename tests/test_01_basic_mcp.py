@@ -288,9 +288,11 @@ def test_request_id_is_echoed_and_logged(http_server: ServerProcess) -> None:
 # --- starting and stopping ------------------------------------------------------------------
 
 
-async def test_sigterm_lets_an_in_flight_call_finish_then_exits_0() -> None:
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_sigterm_lets_an_in_flight_call_finish_then_exits_0(mode: str) -> None:
+    """In both eras; a 2025-11-25 session (`legacy`) also holds a GET stream open, which must not end first."""
     with ServerProcess(FOLDER) as proc:
-        async with http_client(proc.url) as client:
+        async with http_client(proc.url, mode=mode) as client:
             await client.list_tools()  # the client checks results against the listed output schema
             async with anyio.create_task_group() as tg:
                 results: list[str] = []
@@ -299,12 +301,14 @@ async def test_sigterm_lets_an_in_flight_call_finish_then_exits_0() -> None:
                     results.append(text(await client.call_tool("countdown", {"seconds": 2})))
 
                 tg.start_soon(countdown)
-                await anyio.sleep(0.7)
+                await anyio.to_thread.run_sync(proc.wait_for_event, "countdown started")
                 proc.signal(signal.SIGTERM)
         assert results == ["Countdown from 2 finished"]
         assert proc.wait() == 0
     events = [e["event"] for e in proc.events()]
-    assert events.index("shutting down") < events.index("stopped")
+    assert events.index("shutting down") < events.index("countdown finished") < events.index("stopped")
+    assert not [e for e in events if "gave up" in e]
+    assert any('"GET /mcp HTTP/1.1" 200' in e for e in events) == (mode == "legacy")
 
 
 async def test_an_open_listen_stream_ends_gracefully_and_does_not_hold_up_shutdown() -> None:
