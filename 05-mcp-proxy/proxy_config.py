@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,11 +33,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Restart:
-    """How a backend that dies is brought back: `max` tries in a row, waiting `delay` s, doubling each time."""
+    """How a backend that dies is brought back: waiting `delay` s, doubling each time up to `max_delay`.
+
+    A stdio backend is given up on after `max` tries in a row (a crash loop);
+    an HTTP one is a server elsewhere, tried again for as long as it is away.
+    """
 
     enabled: bool = True
     max: int = 5
     delay: float = 0.5
+    max_delay: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ def strings(value: Any, path: str) -> dict[str, str]:
 
 def duration(value: Any, path: str) -> float:
     """`"30s"`, `"500ms"`, `"2m"`, or a bare number of seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:  # JSON has 1e400
         return float(value)
     match = DURATION.match(value) if isinstance(value, str) else None
     if match is None or float(match[1]) <= 0:
@@ -147,7 +153,8 @@ def parse_restart(value: Any, path: str) -> Restart:
     if not isinstance(tries, int) or tries < 0:
         raise ConfigError(f"{path}.max: expected a whole number")
     delay = duration(value["delay"], f"{path}.delay") if "delay" in value else Restart.delay
-    return Restart(enabled=bool(value.get("enabled", True)), max=tries, delay=delay)
+    cap = duration(value["maxDelay"], f"{path}.maxDelay") if "maxDelay" in value else Restart.max_delay
+    return Restart(enabled=bool(value.get("enabled", True)), max=tries, delay=delay, max_delay=cap)
 
 
 def option(entry: dict[str, Any], options: dict[str, Any], key: str, default: Any = None) -> Any:

@@ -3,10 +3,14 @@
 One `Connection` per backend runs `supervise()` for as long as the backend is
 configured. The rules, each from a complaint users of other proxies keep filing:
 
-- A backend that dies is restarted with exponential backoff. One that keeps
-  dying right after it starts (a crash loop) is given up on after
+- A backend that dies is restarted with exponential backoff. A stdio one
+  that keeps dying right after it starts (a crash loop) is given up on after
   `restart.max` tries, and /readyz says so.
-- A backend that never came up is retried forever, with the same backoff.
+- An HTTP backend that cannot be reached is a server elsewhere, not a crash
+  loop: it is tried again with the same (capped) backoff however long it is
+  away, as is any backend that never came up. /readyz says when the next try is.
+- A call waiting for a backend is woken the moment it is back, even when it
+  began waiting while the broken link was still being torn down.
 - A quick restart keeps the backend's tools listed (calls wait for it, up to
   `PATIENCE`); a backend down for longer has its tools withdrawn, and they
   come back with it.
@@ -53,7 +57,6 @@ LISTS = {
 MAX_PAGES = 100  # a backend whose cursors never end is cut off here
 DEBOUNCE = 0.25  # seconds: a burst of list_changed from one backend is one re-listing
 STABLE_AFTER = 30.0  # seconds up after which a crash no longer counts toward the crash loop
-MAX_BACKOFF = 30.0
 PATIENCE = 10.0  # seconds a call waits for a restarting backend, and its tools stay listed while it is down
 
 
@@ -74,7 +77,8 @@ class Connection:
     items: dict[str, list[Message]] = field(default_factory=lambda: {kind: [] for kind in LISTS})
     restarts: int = 0
     last_ok_at: float | None = None  # wall-clock time of the last answer from the backend
-    ready: anyio.Event = field(default_factory=anyio.Event)  # set while the backend is up
+    ready: anyio.Event = field(default_factory=anyio.Event)  # set while the backend is up (or given up on)
+    next_try: float | None = None  # when (anyio's clock) it is tried again, while it is down
     settled: anyio.Event = field(default_factory=anyio.Event)  # set once the first start succeeded or failed
     tg: TaskGroup | None = None
     relisting: bool = False
@@ -95,6 +99,7 @@ class Connection:
         return self.link.pid if self.link is not None else None
 
     def health(self) -> dict[str, Any]:
+        next_try_in = None if self.next_try is None else max(self.next_try - anyio.current_time(), 0.0)
         return {
             "state": self.state,
             "error": self.error,
@@ -103,7 +108,20 @@ class Connection:
             "pid": self.pid,
             "protocol": self.link.protocol_version if self.link is not None else None,
             "last_ok_at": self.last_ok_at,
+            "next_try_in": None if next_try_in is None else round(next_try_in, 2),  # seconds
+            "next_try_at": None if next_try_in is None else time.time() + next_try_in,  # wall clock, as last_ok_at
         }
+
+    def went_down(self) -> None:
+        """No link to give calls; they wait on `ready` for the next one.
+
+        The event is replaced only once it was set: calls that began waiting
+        on the unset one (while a link was torn down, or a restart failed) are
+        the ones its next `set()` must wake.
+        """
+        self.link = None
+        if self.ready.is_set():
+            self.ready = anyio.Event()
 
     def open_link(self) -> AbstractAsyncContextManager[Link]:
         backend = self.backend
@@ -136,12 +154,13 @@ class Connection:
                     log.info("backend up", backend=self.backend.name, pid=link.pid, tools=len(self.items["tools"]))
                     await link.closed.wait()
                     # From now on a call waits for the restart rather than finding the broken link.
-                    self.link, self.ready = None, anyio.Event()
+                    self.went_down()
                     self.error = link.reason
                     tg.cancel_scope.cancel()
             except Exception as exc:  # whatever went wrong is this backend's state, not the proxy's
                 self.error = describe(exc)
-            self.link, self.tg, self.ready = None, None, anyio.Event()
+            self.went_down()
+            self.tg = None
             self.settled.set()
             was_up = self.state == "up"
             if was_up:
@@ -152,9 +171,11 @@ class Connection:
             if was_up:
                 self.restarts += 1
             restart = self.backend.restart
-            if ever_up and (not restart.enabled or failures > restart.max):
+            crash_loop = self.backend.command is not None and failures > restart.max  # (HTTP: never one)
+            if ever_up and (not restart.enabled or crash_loop):
                 self.state = "crashed"
                 self.withdraw()
+                self.ready.set()  # calls waiting for it hear at once that it is not coming back
                 log.error(
                     "backend keeps crashing; not restarting it again" if restart.enabled else "backend stopped",
                     backend=self.backend.name,
@@ -163,8 +184,9 @@ class Connection:
                 )
                 return
             self.state = "restarting" if ever_up else "failed"
-            delay = min(restart.delay * 2 ** (failures - 1), MAX_BACKOFF)
+            delay = min(restart.delay * 2 ** min(failures - 1, 64), restart.max_delay)  # (2**1024 overflows a float)
             log.warning("backend down", backend=self.backend.name, error=self.error, retry_in=round(delay, 2))
+            self.next_try = anyio.current_time() + delay
             # Down for as long as a call would wait for it: its tools go until it is back.
             withdraw_in = max(down_since + PATIENCE - anyio.current_time(), 0.0)
             if withdraw_in <= delay:
@@ -172,6 +194,7 @@ class Connection:
                 self.withdraw()
                 delay -= withdraw_in
             await anyio.sleep(delay)
+            self.next_try = None
 
     def withdraw(self) -> None:
         if any(self.items.values()):

@@ -5,14 +5,18 @@
 
 It can add a tool, change a tool's description (a rug pull), report progress,
 notice that it was cancelled, ask the user a question, count how often a
-non-idempotent tool ran, show what headers reached it, and change a resource
-its followers hear about.
+non-idempotent tool ran, show what headers reached it, change a resource
+its followers hear about, and hang up but take its time to go.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Annotated
 
 import anyio
@@ -132,6 +136,27 @@ async def chatty(ctx: Context) -> str:
     """Log a line about this call before answering."""
     await ctx.info("working on it")
     return "said"
+
+
+WIRE = (os.fstat(1).st_dev, os.fstat(1).st_ino)  # stdout as started: the wire, when run over stdio
+
+
+@mcp.tool()
+async def hang_up(linger: float) -> str:
+    """Close stdout, then stay `linger` s more, deaf to SIGTERM and to stdin closing: a backend slow to go."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    nothing = os.open(os.devnull, os.O_WRONLY)
+    for fd in map(int, os.listdir("/dev/fd")):  # the SDK serves the wire from a copy of fd 1: find every copy
+        with suppress(OSError):
+            if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) == WIRE:
+                os.dup2(nothing, fd)  # the proxy reads the end of our stdout: the link is down
+
+    def linger_then_exit() -> None:
+        time.sleep(linger)
+        os._exit(0)
+
+    threading.Thread(target=linger_then_exit).start()  # not a daemon: the process waits for it even on stdin EOF
+    return "hung up"
 
 
 @mcp.tool()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -107,6 +108,14 @@ def test_reads_claude_desktop_and_vscode_files_unchanged() -> None:
             "$.mcpServers.o: oauth (the proxy's own token) excludes forwardAuthorization",
         ),
         ({"mcpServers": {"o": {"url": "http://h/mcp", "oauth": "s3cret"}}}, "$.mcpServers.o.oauth: expected an object"),
+        (
+            {"mcpServers": {"a": {"command": "x", "restart": {"maxDelay": "soon"}}}},
+            "$.mcpServers.a.restart.maxDelay: expected a duration",
+        ),
+        (  # what JSON's 1e400 reads as: a wait that never ends, and a /readyz time JSON cannot carry
+            {"mcpServers": {"a": {"command": "x", "restart": {"delay": math.inf}}}},
+            "$.mcpServers.a.restart.delay: expected a duration",
+        ),
     ],
 )
 def test_configuration_errors_name_the_json_path(config: Any, message: str) -> None:

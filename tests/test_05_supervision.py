@@ -13,9 +13,11 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -491,6 +493,55 @@ async def test_a_backend_down_for_long_has_its_tools_withdrawn_until_it_is_back(
                 await eventually(lambda: _with(client, "h__echo"), within=15)
                 assert text(await client.call_tool("h__echo", {"text": "back"})) == "back"
             assert readyz(proxy)["h"]["restarts"] >= 1
+
+
+async def test_an_unreachable_http_backend_is_tried_again_however_long_it_is_gone(tmp_path: Path) -> None:
+    """A remote server out of reach is not a crash loop: it is tried again, and /readyz says when.
+
+    With `restart.max` 5 and a first wait of 0.1 s, the crash-loop rule gave up
+    after 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s of failed connects; the backend stays
+    away twice that (a small `maxDelay` keeps the tries coming), then is back on its port.
+    """
+    port = free_port()
+    restart = {"max": 5, "delay": "100ms", "maxDelay": "400ms"}
+    servers = {"h": {"url": f"http://127.0.0.1:{port}/mcp", "restart": restart}}
+    with http_backend(port) as backend, proxy_for(tmp_path, servers) as proxy:
+        async with http_client(proxy.url) as client:
+            assert text(await client.call_tool("h__echo", {"text": "before"})) == "before"
+            backend.stop()
+            await eventually(lambda: readyz(proxy)["h"]["state"] != "up")
+            away_until = anyio.current_time() + 2 * sum(0.1 * 2**i for i in range(5))
+            seen: list[dict[str, Any]] = []
+            while anyio.current_time() < away_until:  # the point is time passing with the backend away
+                seen.append(readyz(proxy)["h"])
+                await anyio.sleep(0.2)
+            assert {h["state"] for h in seen} == {"restarting"}
+            waits = [h["next_try_in"] for h in seen if h["next_try_in"] is not None]
+            assert waits and all(0 <= wait <= 0.4 for wait in waits)
+            assert all(h["next_try_at"] is not None for h in seen if h["next_try_in"] is not None)
+            with http_backend(port):
+                await eventually(lambda: _ready(proxy, "h"), within=10)
+                assert text(await client.call_tool("h__echo", {"text": "back"})) == "back"
+                health = readyz(proxy)["h"]
+                assert (health["state"], health["next_try_in"], health["next_try_at"]) == ("up", None, None)
+
+
+async def test_a_call_made_while_a_backend_is_torn_down_is_answered_as_soon_as_it_is_back(tmp_path: Path) -> None:
+    """The backend hangs up and takes 3 s to go; a call made meanwhile waits for the new one, not its 10 s."""
+    with proxy_for(tmp_path, {"b": stdio_backend(restart={"delay": "100ms"})}) as proxy:
+        async with http_client(proxy.url) as client:
+            first = (await client.call_tool("b__whoami", {})).structured_content["pid"]
+            hung = await client.call_tool("b__hang_up", {"linger": 3})
+            assert hung.is_error, hung  # the link is down
+            os.kill(first, 0)  # and the process still there: the proxy is tearing the link down
+            started = anyio.current_time()
+            again = (await client.call_tool("b__whoami", {})).structured_content["pid"]
+            answered, waited = time.time(), anyio.current_time() - started
+        up = [e for e in proxy.events() if e.get("event") == "backend up" and e.get("pid") == again]
+        back = datetime.fromisoformat(up[0]["timestamp"]).timestamp()
+        assert again != first
+        assert answered - back < 1.5, f"answered {answered - back:.1f} s after the backend was back"
+        assert waited < 8, f"waited {waited:.1f} s"
 
 
 async def test_a_backend_down_at_start_joins_when_it_comes_up(tmp_path: Path) -> None:
