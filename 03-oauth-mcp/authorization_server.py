@@ -29,6 +29,7 @@ import redis
 import structlog
 from authlib.oauth2.base import OAuth2Error
 from client_metadata import ClientMetadataDocuments, ClientMetadataError, looks_like_metadata_url
+from machine_secret import secret_left_for_clients
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from oauth_core import TOKEN_EXCHANGE, FormRequest, KeyRing, OAuthServer
 from oauth_store import Client, MemoryStore, Store, is_loopback_or_https, open_store, redirect_origin
@@ -598,16 +599,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             Client(MCP_SERVER_CLIENT_ID, "the workshop MCP server", [], [TOKEN_EXCHANGE], "client_secret_basic",
                    "mcp:read", mcp_server_secret, audiences=list(mcp_servers))
         )  # fmt: skip
-    # Printed, not logged: these are the demo's credentials, for you to type, and logs mask secrets.
-    print(
-        f"authorization server {issuer}\n  demo login: {DEMO_USER} / {password}\n"
-        f"  machine client: {MACHINE_CLIENT_ID} / {machine_secret}",
-        file=sys.stderr,
-        flush=True,
-    )
     # Browser clients (MCP Inspector's web UI) call the metadata, registration and token endpoints themselves.
     browser_access = cors(transport_security(config))
-    run_uvicorn(server.app(args.rotate_keys_every, [browser_access]), sock, config, issuer)
+    with secret_left_for_clients(issuer, machine_secret) as secret_path:
+        # Printed, not logged: these are the demo's credentials, for you to type, and logs mask secrets.
+        print(
+            f"authorization server {issuer}\n  demo login: {DEMO_USER} / {password}\n"
+            f"  machine client: {MACHINE_CLIENT_ID} / {machine_secret}\n"
+            f"    while this server runs, the secret is also in {secret_path} (mode 0600),"
+            " where client.py --client-credentials finds it",
+            file=sys.stderr,
+            flush=True,
+        )
+        run_uvicorn(server.app(args.rotate_keys_every, [browser_access]), sock, config, issuer)
 
 
 if __name__ == "__main__":

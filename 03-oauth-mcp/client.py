@@ -1,7 +1,7 @@
 """03-oauth-mcp client: sign in with OAuth 2.1, then ask the MCP server who you are.
 
     .venv/bin/python 03-oauth-mcp/client.py http://127.0.0.1:8083/mcp         # signs you in in your browser
-    MACHINE_CLIENT_SECRET=… .venv/bin/python 03-oauth-mcp/client.py --client-credentials http://127.0.0.1:8083/mcp
+    .venv/bin/python 03-oauth-mcp/client.py --client-credentials http://127.0.0.1:8083/mcp  # as the machine client
 
 The SDK's OAuth provider does the protocol: it finds the authorization server
 from the MCP server's 401, registers this client, sends you to sign in, and
@@ -22,13 +22,13 @@ import re
 import socket
 import sys
 import webbrowser
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx2
 import uvicorn
+from machine_secret import TOKEN_DIR, read_secret, secret_file
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
@@ -43,7 +43,7 @@ from starlette.routing import Route
 from shared.token_storage import MemoryTokenStorage
 
 TIMEOUT = httpx2.Timeout(30, read=300)
-STORE = Path(os.environ.get("MCP_WORKSHOP_TOKEN_DIR", Path.home() / ".mcp-workshop" / "oauth"))
+STORE = TOKEN_DIR
 MACHINE_CLIENT_ID = "workshop-machine"
 CONFORMANCE_CLIENT_METADATA = "https://conformance-test.local/client-metadata.json"  # the suite's own test URL
 
@@ -227,11 +227,12 @@ async def main(server_url: str, client_credentials: bool) -> None:
     auth: httpx2.Auth
     if client_credentials or context.get("name", "").startswith("auth/client-credentials"):
         client_id = context.get("client_id", MACHINE_CLIENT_ID)
-        secret = context.get("client_secret") or os.environ.get("MACHINE_CLIENT_SECRET")
+        # The variable wins; else the file the authorization server at this issuer left while it runs.
+        secret = context.get("client_secret") or os.environ.get("MACHINE_CLIENT_SECRET") or read_secret(issuer)
         if not secret:
             raise SystemExit(
-                "client.py: error: --client-credentials needs MACHINE_CLIENT_SECRET: paste the export line"
-                " `make run` printed, or set it to the secret the authorization server printed"
+                f"client.py: error: --client-credentials needs the machine secret: {secret_file(issuer)} is missing"
+                " (is this the authorization server you started?); set MACHINE_CLIENT_SECRET to the secret it printed"
             )
         auth = ClientCredentialsOAuthProvider(
             server_url=server_url, storage=storage, client_id=client_id, client_secret=secret, issuer=issuer

@@ -553,6 +553,29 @@ def test_client_credentials_mode(stack: Stack, tmp_path: Path) -> None:
     assert json.loads(done.stdout)["sub"] == "workshop-machine"
 
 
+def test_the_machine_secret_waits_in_a_private_file_for_client_py_while_the_server_runs(tmp_path: Path) -> None:
+    """The README's client-credentials example runs in a new shell: no MACHINE_CLIENT_SECRET, the file instead."""
+    token_dir = tmp_path / "oauth"
+    env = {"MCP_WORKSHOP_TOKEN_DIR": str(token_dir)}  # and no MACHINE_CLIENT_SECRET: the server makes one up
+    port = free_port()
+    resource = ("--resource", f"http://127.0.0.1:{port}/mcp")
+    with ServerProcess(FOLDER, *resource, env=env, script="authorization_server.py") as auth:
+        issuer = auth.url.removesuffix("/mcp")
+        path = token_dir / f"machine-secret-{issuer.removeprefix('http://')}"
+        [banner] = [line for line in auth.lines if "machine client: workshop-machine / " in line]
+        secret = banner.rsplit(" / ", 1)[1]
+        assert path.read_text() == secret + "\n"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(token_dir.stat().st_mode) == 0o700
+        assert any(str(path) in line for line in auth.lines)  # the banner says where it is
+        with ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", issuer) as mcp_server:
+            done = run_server(FOLDER, "--client-credentials", mcp_server.url, script="client.py", env=env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["sub"] == "workshop-machine"
+        assert not [e for e in auth.events() if secret in json.dumps(e)]  # printed once for you, never logged
+    assert not path.exists()  # a stopped server's secret is no use to anyone
+
+
 async def test_client_refuses_an_authorization_server_without_s256(tmp_path: Path) -> None:
     async def metadata(request: Request) -> JSONResponse:
         base = str(request.base_url).rstrip("/")

@@ -54,7 +54,7 @@ def test_python_blocks_are_excerpts_of_real_code(readme: Path) -> None:
         assert block in code, f"{readme} shows code that is not in {readme.parent.name}:\n{block}"
 
 
-# 03's two servers must know each other's address, and the README's commands use the demo secrets.
+# 03's two servers must know each other's address, and share the MCP server's own secret.
 OAUTH_ENV = {"MACHINE_CLIENT_SECRET": "docs-machine-secret", "MCP_SERVER_CLIENT_SECRET": "docs-server-secret"}
 
 
@@ -81,10 +81,11 @@ def test_console_examples_print_what_the_readme_shows(
     for port, proc in servers.items():
         command = command.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proc.port}")
         expected = expected.replace(f"127.0.0.1:{port}", f"127.0.0.1:{proc.port}")
+    env = server_env()
+    env.pop("MACHINE_CLIENT_SECRET", None)  # as in a new shell: 03's examples find the secret the server left
     done = subprocess.run(
-        ["bash", "-c", command], cwd=REPO, env=server_env(OAUTH_ENV), capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
+        ["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     try:
         actual, wanted = json.loads(done.stdout), json.loads(expected)
