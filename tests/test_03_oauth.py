@@ -48,6 +48,7 @@ from tests.harness import (
     http_client,
     load_server,
     load_sibling,
+    node_env,
     node_tool,
     redis_server,
     remember_secret,
@@ -574,6 +575,33 @@ def test_the_machine_secret_waits_in_a_private_file_for_client_py_while_the_serv
         assert json.loads(done.stdout)["sub"] == "workshop-machine"
         assert not [e for e in auth.events() if secret in json.dumps(e)]  # printed once for you, never logged
     assert not path.exists()  # a stopped server's secret is no use to anyone
+
+
+def test_after_an_inspector_sign_in_q_keeps_its_keychain_notes_off_every_cli_call(stack: Stack, tmp_path: Path) -> None:
+    """What 01's README says: once the Inspector has OAuth state, each CLI call talks about where it keeps
+    secrets (five lines, on a machine without an OS keychain); `-q` leaves only the result."""
+    env = {**node_env(), "HOME": str(tmp_path), "DEMO_PASSWORD": DEMO_PASSWORD}
+    env["MCP_AUTO_OPEN_ENABLED"] = "true"  # the CLI opens the sign-in page without a terminal: BROWSER signs in
+    env["BROWSER"] = f"{sys.executable} {REPO / 'tests' / 'fake_browser.py'} %s"
+    callback = f"http://127.0.0.1:{free_port()}/oauth/callback"
+
+    def inspector(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*node_tool("mcp-inspector"), "--cli", *args, "--method", "tools/list"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        CAPTURED_LOGS.append(done.stderr.splitlines())
+        assert done.returncode == 0, done.stderr
+        return done
+
+    signed_in = inspector(stack.resource, "--callback-url", callback)
+    assert "who_am_i" in signed_in.stdout and "Authorization complete" in signed_in.stderr
+    with ServerProcess("01-basic-mcp") as basic:
+        noisy, quiet = inspector(basic.url), inspector("-q", basic.url)
+    if "DBUS_SESSION_BUS_ADDRESS" not in env:  # no Secret Service to ask, as under `make test` here: the notes appear
+        assert len([line for line in noisy.stderr.splitlines() if line.startswith("[mcp-inspector]")]) == 5
+    assert json.loads(quiet.stdout) == json.loads(noisy.stdout)
+    assert quiet.stderr == ""
 
 
 async def test_client_refuses_an_authorization_server_without_s256(tmp_path: Path) -> None:

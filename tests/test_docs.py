@@ -2,6 +2,8 @@
 
 - Every ```python block in a README is a verbatim excerpt of the code next to it (or of shared/).
 - Every ```console block is run: the line after `$ ` is the command, the rest is what it prints.
+  Nothing may come out on stderr either: it reaches the reader's terminal too, so a block that
+  would print more than it shows must say how it hides it (`2>/dev/null`, the Inspector's `-q`).
   Commands that talk to a module over HTTP (127.0.0.1:<default port>) are pointed at a server the
   test starts on a free port instead. JSON output is compared as JSON; anything else line by line.
 - The client configuration files at the root start and reach the real server.
@@ -87,6 +89,7 @@ def test_console_examples_print_what_the_readme_shows(
         ["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
+    assert not done.stderr, f"the command also writes to the terminal, which the README does not show:\n{done.stderr}"
     try:
         actual, wanted = json.loads(done.stdout), json.loads(expected)
     except json.JSONDecodeError:
