@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 SEPARATOR = "__"
 MAX_NAME = 128  # the spec's limit for tool and prompt names
+URI_SEPARATOR = "+"  # between a backend's namespace and its own URI: `basic+workshop://about`
 PROTOCOLS = ("auto", "2025-11-25", "2026-07-28")  # auto: 2026-07-28 when an HTTP backend offers it
 
 
@@ -88,6 +90,20 @@ class Backend:
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         return f"{name[: MAX_NAME - 9]}_{digest}"
 
+    def public_uri(self, uri: str) -> str:
+        """The backend's resource URI (or URI template) as clients see it: its namespace, then the URI unchanged.
+
+        The namespace goes in front of the scheme (`workshop://about` becomes
+        `basic+workshop://about`): still a valid URI whatever the original,
+        and a template stays a template that expands to exactly the public
+        form of what the backend's own would expand to.
+        """
+        return uri_namespace(self.prefix) + uri
+
+    def backend_uri(self, public: str) -> str:
+        """The exact inverse of `public_uri`, for a URI this backend's item was found by."""
+        return public[len(uri_namespace(self.prefix)) :]
+
     def idle_timeout(self, tool: str) -> float:
         return dict(self.tool_timeouts).get(tool, self.timeout)
 
@@ -104,6 +120,53 @@ class ProxyConfig:
     # serverInfo from `mcpProxy.name`/`version`; no version there means the project's own.
     name: str = "mcp-proxy"
     version: str | None = None
+
+
+def uri_namespace(prefix: str) -> str:
+    """What a backend's resource URIs start with, from its name prefix: `basic__` gives `basic+`, `""` nothing.
+
+    A URI scheme is letters, digits, `+`, `-` and `.`, starts with a letter and
+    is compared without case (RFC 3986, 3.1): the prefix loses its trailing
+    separator, `_` becomes `-`, and it is lowercased. The namespace never holds
+    a `+` of its own, so it ends at the first one.
+    """
+    if not prefix:
+        return ""
+    name = prefix.rstrip("_.-").replace("_", "-").lower()
+    if not name[:1].isalpha():
+        name = "x-" + name if name else "x"
+    return name + URI_SEPARATOR
+
+
+def same_server(one: Backend, other: Backend) -> bool:
+    """Whether two entries start the same server (or reach the same URL): they offer the same names."""
+    launch = ("command", "args", "env", "cwd", "url", "headers")
+    return all(getattr(one, key) == getattr(other, key) for key in launch)
+
+
+def check_namespaces(backends: Sequence[Backend], key: str) -> None:
+    """Refuse what is known to clash before any backend runs: a resource namespace two prefixes would share,
+    and one server entered twice under one prefix."""
+    for i, later in enumerate(backends):
+        for earlier in backends[:i]:
+            space = uri_namespace(later.prefix)
+            if later.prefix != earlier.prefix and space and space == uri_namespace(earlier.prefix):
+                raise ConfigError(
+                    f"$.{key}.{later.name}.prefix: {later.prefix!r} gives resource URIs the namespace {space!r}, "
+                    f"as {earlier.prefix!r} of {earlier.name!r} does; give one of them another prefix"
+                )
+            if later.prefix == earlier.prefix and same_server(later, earlier):
+                twice = ["every name (one server, entered twice under one prefix)"]
+                raise ConfigError(f"$.{key}.{later.name}: {clash_line(earlier.name, later.name, twice)}")
+
+
+def clash_line(first: str, second: str, what: Sequence[str]) -> str:
+    """The one line that says two backends offer the same names, at start, at `--check` and at reload."""
+    shown = ", ".join(what[:5]) + (f" and {len(what) - 5} more" if len(what) > 5 else "")
+    return (
+        f"servers {first!r} and {second!r} both offer {shown}; "
+        f'give one of them a prefix of its own ("prefix" in its entry; "" means none)'
+    )
 
 
 def expand(value: Any, path: str) -> Any:
@@ -291,6 +354,7 @@ def parse_config(data: Any) -> ProxyConfig:
         backend = parse_backend(name, expand(entry, path), path)
         if backend is not None:
             backends.append(backend)
+    check_namespaces(backends, key)
     tokens = parse_tokens(proxy_options.get("authTokens") or [], "$.mcpProxy.options.authTokens", set(entries))
     pins_file = proxy_options.get("pinsFile")
     if pins_file is not None and not isinstance(pins_file, str):

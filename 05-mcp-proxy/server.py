@@ -6,7 +6,7 @@
     .venv/bin/python 05-mcp-proxy/server.py --approve basic/echo_message     # accept a changed tool
 
 Each backend's tools and prompts appear under `<server>__<name>` (or the
-backend's own `prefix`); resources keep their URIs. The proxy keeps one
+backend's own `prefix`), its resource URIs under `<server>+<uri>`. The proxy keeps one
 session per backend, restarts backends that die, relays `list_changed`,
 progress, cancellation and the backend's questions for the user, and
 reloads its configuration file when it changes.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import signal
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -65,7 +66,7 @@ from mcp.types import (
 from opentelemetry import metrics, propagate
 from parking import ParkingLot
 from pins import NEW, Pins
-from proxy_config import Backend, ConfigError, ProxyConfig, load_config
+from proxy_config import Backend, ConfigError, ProxyConfig, clash_line, load_config
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -90,6 +91,7 @@ CHANGED: dict[str, type[ToolsListChanged | PromptsListChanged | ResourcesListCha
     "prompts": PromptsListChanged,
     "resources": ResourcesListChanged,
 }
+KIND_NAMES = {"tools": "tool", "prompts": "prompt", "resources": "resource", "resourceTemplates": "resource template"}
 LOG_LEVELS = get_args(LoggingLevel)  # what a backend's log message may say its level is
 RESERVED_META = "io.modelcontextprotocol/"  # `_meta` keys of the protocol itself
 SCOPE_KEY = "mcp_proxy.servers"  # where the front door leaves which backends the caller's token opens
@@ -124,7 +126,8 @@ class Proxy:
     catalogue: dict[str, dict[str, Item]] = field(default_factory=lambda: {kind: {} for kind in KINDS})
     templates: list[tuple[UriTemplate, Item]] = field(default_factory=list)
     quarantined: dict[str, str] = field(default_factory=dict)  # public tool name -> why
-    conflicts: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # one line per pair of backends offering the same names
+    live: bool = False  # serving: a clash is logged and the second backend's names left out (at start it refuses)
     reported: set[str] = field(default_factory=set)  # pin violations already logged
     bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     sessions: OrderedDict[str, ServerSession] = field(default_factory=OrderedDict)  # 2025-11-25 clients
@@ -177,7 +180,7 @@ class Proxy:
         """Merge what every backend offers now; remember which lists changed, to tell clients once."""
         catalogue: dict[str, dict[str, Item]] = {kind: {} for kind in KINDS}
         quarantined: dict[str, str] = {}
-        conflicts: list[str] = []
+        clashes: dict[tuple[str, str], list[str]] = {}
         for backend in self.config.backends:  # configuration order: deterministic lists, a stable winner
             connection = self.connections.get(backend.name)
             if connection is None:
@@ -191,16 +194,16 @@ class Proxy:
                         continue
                     if public_key in catalogue[kind]:
                         owner = catalogue[kind][public_key].owner.backend.name
-                        clash = f"{kind[:-1]} {public_key!r} is offered by both {owner!r} and {backend.name!r}"
-                        conflicts.append(clash)
+                        clashes.setdefault((owner, backend.name), []).append(f"{KIND_NAMES[kind]} {public_key!r}")
                         continue
                     mirrored = x_mcp_header_map(original.get("inputSchema")) if kind == "tools" else {}
                     catalogue[kind][public_key] = Item(connection, original, public, mirrored)
             if not known and connection.state == "up" and backend.pinning != "off":
                 self.pins.listed(backend.name)  # even a backend that offered no tool at first is pinned now
-        if conflicts != self.conflicts:
+        conflicts = [clash_line(first, second, names) for (first, second), names in clashes.items()]
+        if self.live:
             for conflict in set(conflicts) - set(self.conflicts):
-                log.error("name clash; the second backend's item is left out", clash=conflict)
+                log.error("name clash; the second server's are left out", clash=conflict)
         self.conflicts, self.quarantined = conflicts, quarantined
         for kind in KINDS:
             if [i.public for i in catalogue[kind].values()] != [i.public for i in self.catalogue[kind].values()]:
@@ -212,7 +215,7 @@ class Proxy:
         self.templates = [
             (template, item)
             for item in catalogue["resourceTemplates"].values()
-            if (template := parse_template(item.original.get("uriTemplate"))) is not None
+            if (template := parse_template(item.public.get("uriTemplate"))) is not None
         ]
         if self.changed_kinds:
             self.changed.set()
@@ -221,12 +224,13 @@ class Proxy:
 
     @staticmethod
     def publish(backend: Backend, kind: str, original: Message) -> tuple[str, Message]:
-        """Tools and prompts get the backend's prefix; resource URIs stay as the backend wrote them."""
+        """Tools and prompts get the backend's prefix, resource URIs and templates its namespace (`basic+…`)."""
         if kind in ("tools", "prompts"):
             public_name = backend.public_name(str(original.get("name")))
             return public_name, {**original, "name": public_name}
         key = "uri" if kind == "resources" else "uriTemplate"
-        return str(original.get(key)), original
+        public_uri = backend.public_uri(str(original.get(key)))
+        return public_uri, {**original, key: public_uri}
 
     def pinned(self, backend: Backend, tool: Message, known: bool) -> str | None:
         """None when the tool may be offered; else why it is quarantined."""
@@ -334,9 +338,10 @@ class Proxy:
         """
         for connection in list(self.connections.values()):
             wanted = frozenset(
-                uri for uri in {*self.followers, *self.listeners}
+                connection.backend.backend_uri(uri)
+                for uri in {*self.followers, *self.listeners}
                 if (item := self.resource(uri, None)) is not None and item.owner is connection
-            )  # fmt: skip
+            )
             if wanted != connection.watched:
                 await connection.watch(wanted)
 
@@ -353,10 +358,11 @@ class Proxy:
         link = item.owner.link
         return item if link is None or (link.capabilities.get("resources") or {}).get("subscribe") else None
 
-    async def updated(self, connection: Connection, uri: str) -> None:
+    async def updated(self, connection: Connection, backend_uri: str) -> None:
         """A backend says a resource changed: tell every client that follows it, in the client's era."""
+        uri = connection.backend.public_uri(backend_uri)  # what clients follow it by
         item = self.resource(uri, None)
-        if uri not in connection.watched and (item is None or item.owner is not connection):
+        if backend_uri not in connection.watched and (item is None or item.owner is not connection):
             return  # not this backend's to speak for
         resource_updates_sent.add(1, {"server": connection.backend.name})
         await self.bus.publish(ResourceUpdated(uri=uri))  # 2026-07-28 listen streams whose filter names it
@@ -426,7 +432,10 @@ resource_updates_sent = meter.create_counter(
 )
 
 
-def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None) -> Server[Proxy]:
+def make_server(
+    config: ProxyConfig, pins: Pins, config_path: Path | None = None, refuse: Callable[[str], None] | None = None
+) -> Server[Proxy]:
+    """The proxy as an SDK server; `refuse` is told why, if it cannot serve once its backends are up."""
     proxy = Proxy(config, pins)
     observe_backends(proxy)
 
@@ -440,8 +449,14 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
                 for connection in list(proxy.connections.values()):
                     await connection.settled.wait()
             proxy.rebuild()
-            if proxy.conflicts:
-                raise ConfigError("; ".join(proxy.conflicts))
+            if proxy.conflicts:  # the configuration gives two backends the same names: say so, and do not serve
+                if refuse is None:
+                    raise ConfigError("; ".join(proxy.conflicts))
+                refuse("; ".join(proxy.conflicts))
+                yield proxy
+                tg.cancel_scope.cancel()
+                return
+            proxy.live = True
             proxy.changed_kinds.clear()
             tg.start_soon(proxy.announce)
             if config_path is not None:
@@ -518,7 +533,12 @@ def make_server(config: ProxyConfig, pins: Pins, config_path: Path | None = None
         item = ctx.lifespan_context.resource(uri, servers(ctx))  # listed, or described by a backend's template
         if item is None:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown resource: {uri}", data={"uri": uri})
-        return await forward_or_fail(ctx, item, "resources/read", {"uri": uri})
+        backend = item.owner.backend
+        result = await forward_or_fail(ctx, item, "resources/read", {"uri": backend.backend_uri(uri)})
+        for content in result.get("contents") or ():  # each says which resource it is: by the name we gave it
+            if isinstance(content, dict) and isinstance(content.get("uri"), str):
+                content["uri"] = backend.public_uri(content["uri"])
+        return result
 
     async def complete(ctx: ServerRequestContext[Proxy], params: CompleteRequestParams) -> Reply:
         """Completions for a prompt's or a resource template's argument: asked of the backend that offers it."""
@@ -927,7 +947,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
     # Spans are made and passed on to backends either way; printing one per call is opt-in here.
     telemetry = setup_telemetry("mcp-workshop-05", env={"OTEL_TRACES_EXPORTER": "none", **os.environ})
-    server = make_server(proxy_config, pins, args.config)
+    refusals: list[str] = []
+
+    def refuse(why: str) -> None:
+        refusals.append(why)
+        signal.raise_signal(signal.SIGTERM)  # stop as on Ctrl-C, backends and all; then say why, below
+
+    server = make_server(proxy_config, pins, args.config, refuse)
     server.middleware.append(telemetry_middleware := TelemetryMiddleware())
     current = lambda: serving[-1].config if serving else proxy_config  # noqa: E731 - reload changes the tokens
     routes = [Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
@@ -941,6 +967,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         serve(server, config, routes=routes, middleware=[guard, Middleware(FrontDoor, proxy_config=current), express])
     finally:
         telemetry.shutdown()
+    if refusals:
+        parser.error(refusals[0])
 
 
 if __name__ == "__main__":

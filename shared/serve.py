@@ -287,7 +287,7 @@ class _Uvicorn(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started:
+        if self.started and not self.should_exit:  # a lifespan that refused to serve asked to stop
             log.info("serving", transport="http", url=self.url)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -57,9 +57,15 @@ async def edit_note(text: str, ctx: Context) -> str:
     return text
 
 
-# Only when asked: resource URIs are not namespaced, so two of these behind one proxy would clash.
+def read_named_note(name: str) -> str:
+    """Any note by name, through a template: what the backend was asked for, exactly."""
+    return f"the note called {name}"
+
+
+# Only when asked: the tests that count resources see none otherwise.
 if os.environ.get("PROXY_BACKEND_NOTE"):
     mcp.resource(NOTE, name="note", mime_type="text/plain")(read_note)
+    mcp.resource("note://proxy-test/notes/{name}", name="named-note", mime_type="text/plain")(read_named_note)
     mcp.add_tool(edit_note)
 
 

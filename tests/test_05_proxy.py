@@ -238,7 +238,7 @@ def test_a_name_two_backends_would_share_is_a_configuration_error(tmp_path: Path
     path.write_text(json.dumps({"mcpServers": {"one": one, "two": one}}))
     with pytest.raises(RuntimeError) as raised:
         ServerProcess(FOLDER, "--config", str(path)).start()
-    assert "tool 'echo_message' is offered by both 'one' and 'two'" in str(raised.value)
+    assert "$.mcpServers.two: servers 'one' and 'two' both offer every name" in str(raised.value)
 
 
 def test_auth_tokens_guard_the_front_door(tmp_path: Path) -> None:
@@ -265,12 +265,12 @@ async def test_prompts_and_resources_come_through_too(proxied: ServerProcess) ->
         prompts = [prompt.name for prompt in (await client.list_prompts()).prompts]
         prompt = await client.get_prompt("basic__explain_tool", {"tool_name": "add_numbers"})
         uris = [str(resource.uri) for resource in (await client.list_resources()).resources]
-        about = await client.read_resource("workshop://about")
+        about = await client.read_resource("basic+workshop://about")
         with pytest.raises(MCPError) as unknown:
             await client.read_resource("workshop://nowhere")
     assert prompts == ["basic__explain_tool"]
     assert "`add_numbers` tool" in prompt.messages[0].content.text  # type: ignore[union-attr]
-    assert uris == ["workshop://about", "telemetry://recent-spans"]  # as each backend wrote them
+    assert uris == ["basic+workshop://about", "t+telemetry://recent-spans"]  # each in its backend's namespace
     assert about.contents[0].text.startswith("# basic-mcp")  # type: ignore[union-attr]
     assert unknown.value.error.code == -32602
 

@@ -657,8 +657,8 @@ async def test_the_official_everything_server_behind_the_proxy(tmp_path: Path) -
             )
             assert seen == [1, 2, 3]
             templates = (await client.list_resource_templates()).resource_templates
-            assert "demo://resource/dynamic/text/{resourceId}" in [t.uri_template for t in templates]
-            dynamic = await client.read_resource("demo://resource/dynamic/text/7")  # through a template
+            assert "ev+demo://resource/dynamic/text/{resourceId}" in [t.uri_template for t in templates]
+            dynamic = await client.read_resource("ev+demo://resource/dynamic/text/7")  # through a template
             assert "7" in dynamic.contents[0].text  # type: ignore[union-attr]
             prompts = [p.name for p in (await client.list_prompts()).prompts]
             assert "ev_simple-prompt" in prompts
