@@ -492,7 +492,9 @@ def make_server(
         if item is None:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         arguments = {"name": item.original["name"], **({"arguments": params.arguments} if params.arguments else {})}
-        return await forward_or_fail(ctx, item, "prompts/get", arguments)
+        result = await forward_or_fail(ctx, item, "prompts/get", arguments)
+        publish_links(item.owner, [m.get("content") for m in result.get("messages") or () if isinstance(m, dict)])
+        return result
 
     async def list_resources(ctx: ServerRequestContext[Proxy], params: PaginatedRequestParams | None) -> Reply:
         ctx.lifespan_context.remember(ctx)
@@ -675,6 +677,7 @@ async def call_backend_tool(item: Item, arguments: Mapping[str, Any], send: Send
             extra_headers=mcp_param_headers(item.header_params, arguments),
         )  # fmt: skip
         outcome = "tool_error" if result.get("isError") else "ok"
+        publish_links(item.owner, result.get("content"))
         return result
     except Unavailable as exc:
         outcome = "unavailable"
@@ -688,6 +691,31 @@ async def call_backend_tool(item: Item, arguments: Mapping[str, Any], send: Send
         # Arguments and results stay out of the log: they can hold personal data.
         log.info("forwarded", server=backend.name, tool=tool, outcome=outcome,
                  ms=round((time.perf_counter() - started) * 1000, 2), arguments=sorted(arguments))  # fmt: skip
+
+
+def publish_links(connection: Connection, blocks: Any) -> None:
+    """Resource links and embedded resources in an answer, under the URIs clients read them by.
+
+    Only a URI the backend offers itself (listed, or described by one of its
+    templates) gets its namespace: a link to anywhere else (`https://…`) is
+    not the proxy's to read, and stays as the backend wrote it.
+    """
+    backend = connection.backend
+    if not isinstance(blocks, list) or not backend.public_uri(""):  # a transparent backend's URIs are its own
+        return
+    for block in blocks:
+        kind = block.get("type") if isinstance(block, dict) else None
+        target = block if kind == "resource_link" else block.get("resource") if kind == "resource" else None
+        if isinstance(target, dict) and isinstance(uri := target.get("uri"), str) and offers(connection, uri):
+            target["uri"] = backend.public_uri(uri)
+
+
+def offers(connection: Connection, uri: str) -> bool:
+    """Whether the backend lists this resource, or one of its templates describes it."""
+    if any(resource.get("uri") == uri for resource in connection.items["resources"]):
+        return True
+    templates = (parse_template(t.get("uriTemplate")) for t in connection.items["resourceTemplates"])
+    return any(template is not None and template.match(uri) is not None for template in templates)
 
 
 def outgoing_meta(caller_meta: Mapping[str, Any], modern_caller: bool) -> Message:

@@ -23,7 +23,7 @@ import anyio
 from mcp.server import MCPServer
 from mcp.server.elicitation import AcceptedElicitation
 from mcp.server.mcpserver import Context, Elicit, Resolve
-from mcp.types import ToolAnnotations
+from mcp.types import EmbeddedResource, ResourceLink, TextResourceContents, ToolAnnotations
 from pydantic import BaseModel
 
 from shared import configure_logging, parse_config, serve
@@ -62,11 +62,21 @@ def read_named_note(name: str) -> str:
     return f"the note called {name}"
 
 
+def link_note() -> list[ResourceLink | EmbeddedResource]:
+    """Point at the note (a link, and the note itself), and at something that is not this server's."""
+    return [
+        ResourceLink(type="resource_link", uri=NOTE, name="note"),
+        ResourceLink(type="resource_link", uri="https://example.com/elsewhere", name="elsewhere"),
+        EmbeddedResource(type="resource", resource=TextResourceContents(uri=NOTE, text=note["text"])),
+    ]
+
+
 # Only when asked: the tests that count resources see none otherwise.
 if os.environ.get("PROXY_BACKEND_NOTE"):
     mcp.resource(NOTE, name="note", mime_type="text/plain")(read_note)
     mcp.resource("note://proxy-test/notes/{name}", name="named-note", mime_type="text/plain")(read_named_note)
     mcp.add_tool(edit_note)
+    mcp.add_tool(link_note)
 
 
 def echo(text: str) -> str:

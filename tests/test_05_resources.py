@@ -143,6 +143,15 @@ async def test_templates_and_subscriptions_of_two_copies_carry_their_namespace_b
 
                 notes = sorted(str(r.uri) for r in (await client.list_resources()).resources)
                 assert notes == ["one+note://proxy-test/note", "two+note://proxy-test/note"]
+                # A tool's links to its server's resources can be read through the proxy; a link elsewhere is kept.
+                linked = (await client.call_tool("two__link_note", {})).content
+                uris = [str(b.uri) if b.type == "resource_link" else str(b.resource.uri) for b in linked]  # type: ignore[union-attr]
+                assert uris == [
+                    "two+note://proxy-test/note",
+                    "https://example.com/elsewhere",
+                    "two+note://proxy-test/note",
+                ]
+                assert (await client.read_resource(uris[0])).contents[0].text == "first"  # type: ignore[union-attr]
                 await follow(legacy, "one+note://proxy-test/note")  # 2025-11-25: resources/subscribe
                 async with client.listen(resource_subscriptions=["two+note://proxy-test/note"]) as stream:
                     assert stream.honored.resource_subscriptions == ["two+note://proxy-test/note"]
