@@ -12,9 +12,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 run: install
 	$(BIN)/python scripts/run_workshop.py
 
-# The MCP Inspector web UI (pinned, from node_modules), pointed at 01; it prints the URL to open.
+# The MCP Inspector web UI (pinned, from node_modules), listing every module over HTTP and stdio;
+# it prints the URL to open. The list is .inspector/servers.json (see scripts/inspector.py).
 inspector: install
-	$(BIN)/node node_modules/.bin/mcp-inspector --web --transport http --server-url http://127.0.0.1:8081/mcp
+	$(BIN)/python scripts/inspector.py
 
 test: check system-packages
 	$(BIN)/python -m pytest
@@ -57,4 +58,4 @@ node_modules/.installed: package.json package-lock.json $(VENV)/.installed
 	touch $@
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .inspector .pytest_cache .mypy_cache .ruff_cache
