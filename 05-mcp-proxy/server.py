@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 from express import ExpressLane
-from links import BackendError, Message, Relay, Timeouts
+from links import BackendError, LinkDown, Message, Relay, Timeout, Timeouts
 from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint
@@ -58,6 +58,7 @@ from mcp.types import (
     PaginatedRequestParams,
     PromptReference,
     ReadResourceRequestParams,
+    SetLevelRequestParams,
     SubscribeRequestParams,
     SubscriptionsListenRequestParams,
     SubscriptionsListenResult,
@@ -131,6 +132,7 @@ class Proxy:
     reported: set[str] = field(default_factory=set)  # pin violations already logged
     bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     sessions: OrderedDict[str, ServerSession] = field(default_factory=OrderedDict)  # 2025-11-25 clients
+    log_levels: OrderedDict[str, LoggingLevel] = field(default_factory=OrderedDict)  # by 2025-11-25 session
     # Who follows which resource URI: 2025-11-25 sessions by `resources/subscribe`, and how many 2026-07-28
     # listen streams name it. The backends are asked for updates about exactly the URIs someone follows.
     followers: dict[str, OrderedDict[str, ServerSession]] = field(default_factory=dict)
@@ -309,8 +311,31 @@ class Proxy:
         key = session_key(ctx)
         self.sessions[key] = ctx.session
         self.sessions.move_to_end(key)
-        while len(self.sessions) > 1000:
+        while len(self.sessions) > MAX_SESSIONS:
             self.sessions.popitem(last=False)
+
+    async def set_log_level(self, ctx: ServerRequestContext[Proxy], level: LoggingLevel) -> None:
+        """`logging/setLevel` from a 2025-11-25 session: its log lines are cut at that level from now on.
+
+        A 2026-07-28 backend is told the level with each of the session's calls. A backend's 2025-11-25
+        session serves every caller, so it is told the most detailed level any session asked for, and the
+        proxy leaves out, per caller, the lines below its own.
+        """
+        key = session_key(ctx)
+        self.log_levels[key] = level
+        self.log_levels.move_to_end(key)
+        while len(self.log_levels) > MAX_SESSIONS:
+            self.log_levels.popitem(last=False)
+        wanted = min(self.log_levels.values(), key=LOG_LEVELS.index)
+        for connection in list(self.connections.values()):
+            link = connection.legacy or connection.link
+            if link is not None and not link.modern and "logging" in link.capabilities:
+                with suppress(BackendError, LinkDown, Timeout):
+                    await link.request("logging/setLevel", {"level": wanted}, timeouts=Timeouts(30, 30))
+
+    def log_level(self, ctx: ServerRequestContext[Proxy]) -> LoggingLevel | None:
+        """The level a 2025-11-25 session asked for (None: it did not, so it gets every line)."""
+        return self.log_levels.get(session_key(ctx)) if self.log_levels else None
 
     async def announce(self) -> None:
         """Send one `list_changed` per changed list, and only when what clients see really changed."""
@@ -542,6 +567,10 @@ def make_server(
                 content["uri"] = backend.public_uri(content["uri"])
         return result
 
+    async def set_level(ctx: ServerRequestContext[Proxy], params: SetLevelRequestParams) -> Reply:
+        await ctx.lifespan_context.set_log_level(ctx, params.level)
+        return {}
+
     async def complete(ctx: ServerRequestContext[Proxy], params: CompleteRequestParams) -> Reply:
         """Completions for a prompt's or a resource template's argument: asked of the backend that offers it."""
         asked = ctx.params or {}
@@ -585,6 +614,7 @@ def make_server(
         on_unsubscribe_resource=unsubscribe_resource,
         on_subscriptions_listen=Listen(proxy),
         on_completion=complete,
+        on_set_logging_level=set_level,
         # Lists depend on the caller's token and change whenever a backend's do: never shared, fresh every time.
         cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in CACHEABLE_METHODS},  # type: ignore[misc]
         # The SDK checks `Mcp-Param-*` headers against the tool's schema; give it ours, not a tools/list per call.
@@ -593,6 +623,7 @@ def make_server(
 
 
 serving: list[Proxy] = []  # the running proxy, for /readyz
+MAX_SESSIONS = 1000  # 2025-11-25 sessions remembered (to tell of list changes, and their log level), the most recent
 FOLLOWER_TIMEOUT = 5.0  # seconds one client may take to take a resource update (or a listen stream to wind down)
 MAX_FOLLOWERS = 1000  # 2025-11-25 sessions remembered per followed resource, the most recent
 
@@ -718,14 +749,14 @@ def offers(connection: Connection, uri: str) -> bool:
     return any(template is not None and template.match(uri) is not None for template in templates)
 
 
-def outgoing_meta(caller_meta: Mapping[str, Any], modern_caller: bool) -> Message:
+def outgoing_meta(caller_meta: Mapping[str, Any], modern_caller: bool, level: str | None = None) -> Message:
     """The `_meta` a backend gets: the caller's, less what belongs to the caller's own exchange with us."""
     # The caller's envelope is not the backend's (the link writes its own), but its log level is its wish.
     meta = {k: v for k, v in caller_meta.items() if k == LOG_LEVEL_META_KEY or not k.startswith(RESERVED_META)}
     meta.pop("progressToken", None)  # the link asks for progress with a token of its own
     propagate.inject(meta)  # traceparent: the backend's span joins the caller's trace
     if not modern_caller:  # a 2025-11-25 session takes every level its own setting lets through
-        meta.setdefault(LOG_LEVEL_META_KEY, "debug")
+        meta.setdefault(LOG_LEVEL_META_KEY, level or "debug")
     return meta
 
 
@@ -789,7 +820,8 @@ async def forward(
     asked = ctx.params or {}
     caller_meta = asked.get("_meta") or {}
     modern_caller = ctx.session.protocol_version >= "2026"
-    meta = outgoing_meta(caller_meta, modern_caller)
+    least = None if modern_caller else ctx.lifespan_context.log_level(ctx)
+    meta = outgoing_meta(caller_meta, modern_caller, least)
     wants_progress = "progressToken" in caller_meta
     # A 2026-07-28 caller answers a backend's `input_required` itself and sends the request again with the
     # answers: they go through untouched. A 2025-11-25 caller is asked by the proxy (`relay`) instead.
@@ -802,7 +834,7 @@ async def forward(
 
         async def log_message(message: Mapping[str, Any]) -> None:
             level, now = message.get("level"), caller()
-            if level in LOG_LEVELS:
+            if level in LOG_LEVELS and (least is None or LOG_LEVELS.index(level) >= LOG_LEVELS.index(least)):
                 data, logger = message.get("data"), message.get("logger")
                 await now.session.send_log_message(cast(LoggingLevel, level), data, logger, now.request_id)
 
@@ -810,6 +842,7 @@ async def forward(
             method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
             progress=progress if wants_progress else None, relay=relay, on_log=log_message, headers=headers,
             pass_input_required=modern_caller, capabilities=declared(ctx, caller_meta),
+            legacy=not modern_caller,  # the backend's 2025-11-25 session, if it has one: it carries questions
         )  # fmt: skip
 
     headers = backend_headers(connection, ctx.request if isinstance(ctx.request, Request) else None, extra_headers)

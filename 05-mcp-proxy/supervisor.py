@@ -21,8 +21,8 @@ configured. The rules, each from a complaint users of other proxies keep filing:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 from links import (
+    PROTOCOL_VERSION,
     BackendError,
     HttpLink,
     Link,
@@ -74,6 +75,9 @@ class Connection:
     state: str = "starting"  # starting | up | restarting | failed | crashed | stopped
     error: str | None = None
     link: Link | None = None
+    # A 2025-11-25 session beside a 2026-07-28 link, for 2025-11-25 callers: only a session carries the
+    # questions a backend asks mid-call (elicitation, sampling), and a caller of that era expects them.
+    legacy: Link | None = None
     items: dict[str, list[Message]] = field(default_factory=lambda: {kind: [] for kind in LISTS})
     restarts: int = 0
     last_ok_at: float | None = None  # wall-clock time of the last answer from the backend
@@ -119,7 +123,7 @@ class Connection:
         on the unset one (while a link was torn down, or a restart failed) are
         the ones its next `set()` must wake.
         """
-        self.link = None
+        self.link = self.legacy = None
         if self.ready.is_set():
             self.ready = anyio.Event()
 
@@ -142,7 +146,11 @@ class Connection:
         while True:
             started = anyio.current_time()
             try:
-                async with self.open_link() as link, anyio.create_task_group() as tg:
+                async with (
+                    self.open_link() as link,
+                    self.legacy_session(link) as self.legacy,
+                    anyio.create_task_group() as tg,
+                ):
                     await self.relist(link)
                     self.link, self.tg, self.state, self.error = link, tg, "up", None
                     self.last_ok_at = time.time()
@@ -195,6 +203,25 @@ class Connection:
                 delay -= withdraw_in
             await anyio.sleep(delay)
             self.next_try = None
+
+    @asynccontextmanager
+    async def legacy_session(self, link: Link) -> AsyncIterator[Link | None]:
+        """A 2025-11-25 session to a backend that also offers 2026-07-28, when the proxy chose the era itself."""
+        backend = self.backend
+        if not link.modern or backend.url is None or backend.protocol != "auto":
+            yield None
+            return
+        async with AsyncExitStack() as stack:
+            legacy: Link | None = None
+            try:
+                legacy = await stack.enter_async_context(
+                    HttpLink.open(
+                        backend.name, backend.url, backend.headers, self.notified, PROTOCOL_VERSION, self.machine
+                    )
+                )
+            except Exception as exc:  # it still serves 2026-07-28 callers, and 2025-11-25 ones through that
+                log.warning("backend refused a 2025-11-25 session", backend=backend.name, error=describe(exc))
+            yield legacy
 
     def withdraw(self) -> None:
         if any(self.items.values()):
@@ -264,10 +291,16 @@ class Connection:
         headers: Mapping[str, str] | None = None,
         pass_input_required: bool = False,
         capabilities: Mapping[str, Any] | None = None,
+        legacy: bool = False,
     ) -> Message:
-        """Forward one request; on a broken link, send it once more only when that cannot do harm."""
+        """Forward one request; on a broken link, send it once more only when that cannot do harm.
+
+        `legacy` asks for the backend's 2025-11-25 session, where it has one beside its 2026-07-28 link.
+        """
         for attempt in (1, 2):
             link = await self.wait_ready()
+            if legacy and self.legacy is not None and not self.legacy.closed.is_set():
+                link = self.legacy
             try:
                 result = await link.request(
                     method,

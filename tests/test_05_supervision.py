@@ -109,9 +109,13 @@ def readyz(proxy: ServerProcess) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("protocol", ["2025-11-25", "2026-07-28"])
-async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all(tmp_path: Path, protocol: str) -> None:
+async def test_a_backend_s_list_changed_is_passed_on_once_even_when_the_list_ends_the_same(
+    tmp_path: Path, protocol: str
+) -> None:
     # The backend tells the proxy on its 2025-11-25 session, or on the 2026-07-28 subscription the proxy holds.
     # `newTools: trust` lets the added tool through unapproved (pinned on first sight, with a log line).
+    # A backend that says its list changed may have added a tool and taken it away again before the proxy
+    # looked (issue 17 item 7): a client connected to it directly would have heard, so through 05 it hears too.
     with proxy_for(tmp_path, {"b": stdio_backend(protocolVersion=protocol, newTools="trust")}) as proxy:
         events: list[object] = []
         legacy_events: list[object] = []
@@ -133,13 +137,14 @@ async def test_a_new_backend_tool_is_announced_once_and_a_false_alarm_not_at_all
 
             tg.start_soon(collect)
             await legacy.list_tools()  # the proxy now knows this 2025-11-25 session
-            await client.call_tool("b__poke", {})  # "the list changed", but it did not
-            await anyio.sleep(1.0)
-            assert (events, legacy_events) == ([], [])
-            await client.call_tool("b__add_tool", {"name": "extra"})
+            await client.call_tool("b__poke", {})  # "the list changed", though it ends the same
             await eventually(lambda: events and legacy_events)
             await anyio.sleep(0.7)
             assert (len(events), len(legacy_events)) == (1, 1)
+            await client.call_tool("b__add_tool", {"name": "extra"})
+            await eventually(lambda: len(events) > 1 and len(legacy_events) > 1)
+            await anyio.sleep(0.7)
+            assert (len(events), len(legacy_events)) == (2, 2)
             assert "b__extra" in await tool_names(client)
             assert text(await client.call_tool("b__extra", {"text": "new"})) == "new"
             assert any(e.get("event") == "new tool pinned on first sight (newTools: trust)" for e in proxy.events())
@@ -386,15 +391,18 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
                 # backend, and made by the proxy from a 2025-11-25 backend's question mid-call (the call parked).
                 for server in ("s", "h", "old", "m"):
                     assert text(await caller.call_tool(f"{server}__ask_either_era", question)) == "accept: blue"
-                for server in ("s", "old"):  # a question mid-call, from a backend in a 2025-11-25 session
+                # A question mid-call, from a backend in a 2025-11-25 session. For a 2025-11-25 caller the proxy
+                # holds one with the HTTP backend too, beside its 2026-07-28 link (issue 17 item 4).
+                for server in ("s", "old", *(["h"] if mode == "legacy" else [])):
                     assert text(await caller.call_tool(f"{server}__ask", question)) == "accept: blue"
                 if mode != "legacy":  # a made-up or stale requestState is refused in words, and nothing breaks
                     with pytest.raises(MCPError, match="requestState names no call waiting for an answer"):
                         await caller.call_tool("s__ask", question, request_state="mcp-proxy.parked.made-up")
                     assert text(await caller.call_tool("s__ask", question)) == "accept: blue"
                     await _a_wrong_retry_leaves_the_call_parked(caller, question)
-                with pytest.raises(MCPError, match="no back-channel"):
-                    await caller.call_tool("h__ask", question)  # the backend itself cannot ask in 2026-07-28
+                if mode != "legacy":  # as directly: in 2026-07-28 the backend itself cannot ask mid-call
+                    with pytest.raises(MCPError, match="no back-channel"):
+                        await caller.call_tool("h__ask", question)
 
 
 async def _a_wrong_retry_leaves_the_call_parked(caller: Client, question: dict[str, Any]) -> None:

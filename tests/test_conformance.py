@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.types import LoggingMessageNotificationParams
 
-from tests.harness import ServerProcess, conformance, run_node_tool
+from tests.harness import HTTP_TIMEOUT, ServerProcess, conformance, run_node_tool
 
 MODULES = ["01-basic-mcp", "02-token-passthrough", "04-observability", "05-mcp-proxy"]
 
@@ -49,12 +55,6 @@ FIXTURE = "conformance_fixture.py"
 Results = Callable[[str], dict[str, str]]
 # Scenarios 05 does not yet pass as the fixture does directly (issue 17): each goes as its item is fixed.
 STILL_DIFFERENT = {
-    "logging-set-level",  # item 2
-    "tools-call-with-logging",  # item 2
-    "tools-call-sampling",  # item 4
-    "tools-call-elicitation",  # item 4
-    "elicitation-sep1034-defaults",  # item 4
-    "elicitation-sep1330-enums",  # item 4
     "server-sse-polling",  # item 5
 }
 
@@ -152,3 +152,40 @@ def verdict(status: str | None) -> str | None:
     if status is None or status.startswith("FAILURE"):
         return status
     return status.split(":", 1)[0]
+
+
+@contextlib.asynccontextmanager
+async def legacy_client(url: str, heard: list[str]) -> AsyncIterator[Client]:
+    """A 2025-11-25 client that keeps the text of every log line it is sent."""
+
+    async def keep(params: LoggingMessageNotificationParams) -> None:
+        heard.append(str(params.data))
+
+    async with (
+        httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
+        Client(streamable_http_client(url, http_client=http), mode="legacy", logging_callback=keep) as client,
+    ):
+        yield client
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("protocol", ["auto", "2026-07-28"])
+async def test_a_2025_client_s_log_level_holds_for_its_own_calls_only(
+    fixture_server: ServerProcess, protocol: str, tmp_path: Path
+) -> None:
+    """`logging/setLevel` through 05 (issue 17 item 2): the client that set `warning` hears none of a tool's
+    `info` lines, another client hears all of its own, whether 05 reaches the backend on a 2025-11-25
+    session of its own (`auto`) or in 2026-07-28, where the level goes with each call."""
+    entry = {"url": fixture_server.url, "prefix": "", "pinning": "off", "protocolVersion": protocol}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"mcpServers": {"fixture": entry}}))
+    quiet: list[str] = []
+    chatty: list[str] = []
+    with ServerProcess("05-mcp-proxy", "--config", str(path)) as proxy:
+        async with legacy_client(proxy.url, quiet) as first, legacy_client(proxy.url, chatty) as second:
+            with pytest.warns(MCPDeprecationWarning):  # deprecated since 2026-07-28, and still 2025-11-25's way
+                await first.set_logging_level("warning")
+            assert (await first.call_tool("test_tool_with_logging", {})).is_error is False
+            assert (await second.call_tool("test_tool_with_logging", {})).is_error is False
+    assert quiet == []
+    assert chatty == ["Tool execution started", "Tool processing data", "Tool execution completed"]
