@@ -15,10 +15,16 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from pydantic import Field
 
-from shared import configure_logging, parse_config, serve
-from shared.logs import log_requests
-from shared.mcp_server import project_version, refuse_unknown_tools
-from shared.tools import add_numbers, echo_message
+from shared import (
+    add_numbers,
+    configure_logging,
+    echo_message,
+    log_requests,
+    parse_config,
+    project_version,
+    refuse_unknown_tools,
+    serve,
+)
 
 DEFAULT_PORT = 8081
 

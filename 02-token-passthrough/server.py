@@ -17,12 +17,25 @@ from demo_tokens import MCP_AUDIENCE, UPSTREAM_AUDIENCE, InvalidToken, mint, usi
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from shared import Secret, caller_token, configure_logging, parse_config, serve
-from shared.config import build_parser
-from shared.logs import log_requests
-from shared.mcp_server import project_version, refuse_unknown_tools
-from shared.tools import add_numbers, echo_message
-from shared.upstream import EMBEDDED_ANYTHING, Caller, Rejected, UpstreamReply, build_upstream_app, send_message
+from shared import (
+    EMBEDDED_ANYTHING,
+    Caller,
+    Rejected,
+    Secret,
+    UpstreamReply,
+    add_numbers,
+    build_parser,
+    build_upstream_app,
+    caller_token,
+    configure_logging,
+    echo_message,
+    log_requests,
+    parse_config,
+    project_version,
+    refuse_unknown_tools,
+    send_message,
+    serve,
+)
 
 DEFAULT_PORT = 8082
 SERVER_IDENTITY = "token-passthrough-server"  # who this server is, to the upstream, in safe mode

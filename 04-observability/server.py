@@ -15,12 +15,21 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.routing import Route
 
-from shared import configure_logging, parse_config, serve
-from shared.config import build_parser
-from shared.logs import log_requests
-from shared.mcp_server import project_version, refuse_unknown_tools
-from shared.telemetry import RecentSpans, TelemetryMiddleware, metrics_endpoint, setup_telemetry
-from shared.tools import add_numbers, echo_message
+from shared import (
+    RecentSpans,
+    TelemetryMiddleware,
+    add_numbers,
+    build_parser,
+    configure_logging,
+    echo_message,
+    log_requests,
+    metrics_endpoint,
+    parse_config,
+    project_version,
+    refuse_unknown_tools,
+    serve,
+    setup_telemetry,
+)
 
 DEFAULT_PORT = 8084
 SERVICE_NAME = "mcp-workshop-04"
