@@ -39,11 +39,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from shared import configure_logging
-from shared.config import build_parser, config_from_args
-from shared.context import bearer_token
-from shared.serve import bound_address, cors, listen, run_uvicorn, transport_security
-from shared.upstream import EMBEDDED_URL
+from shared import (
+    EMBEDDED_URL,
+    bearer_token,
+    bound_address,
+    build_parser,
+    config_from_args,
+    configure_logging,
+    cors,
+    listen,
+    run_uvicorn,
+    transport_security,
+)
 
 DEFAULT_PORT = 9000
 DEFAULT_RESOURCE = "http://127.0.0.1:8083/mcp"

@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from shared.token_storage import MemoryTokenStorage
+from shared import MemoryTokenStorage
 
 TIMEOUT = httpx2.Timeout(30, read=300)
 STORE = TOKEN_DIR

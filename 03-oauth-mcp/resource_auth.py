@@ -38,9 +38,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import Secret
-from shared.serve import MCP_PATH
-from shared.upstream import Caller, Rejected, Verifier
+from shared import MCP_PATH, Caller, Rejected, Secret, Verifier
 
 JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we do not know
 VERIFIED_CACHE_SIZE = 1024  # tokens remembered as valid until they expire

@@ -36,17 +36,26 @@ from resource_auth import (
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from shared import Secret, configure_logging, parse_config
-from shared.config import ServerConfig, build_parser
-from shared.logs import log_requests
-from shared.mcp_server import project_version, refuse_unknown_tools
-from shared.serve import bound_address, build_http_app, listen, mcp_url, run_uvicorn
-from shared.tools import add_numbers, echo_message
-from shared.upstream import (
+from shared import (
     EMBEDDED_ANYTHING,
     EMBEDDED_URL,
+    Secret,
+    ServerConfig,
     UpstreamReply,
+    add_numbers,
+    bound_address,
+    build_http_app,
+    build_parser,
     build_upstream_app,
+    configure_logging,
+    echo_message,
+    listen,
+    log_requests,
+    mcp_url,
+    parse_config,
+    project_version,
+    refuse_unknown_tools,
+    run_uvicorn,
     send_message,
 )
 
