@@ -47,8 +47,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.finite import non_finite
-from shared.telemetry import (
+from shared import (
     ERROR_TYPE,
     GEN_AI_OPERATION_NAME,
     GEN_AI_TOOL_NAME,
@@ -56,6 +55,7 @@ from shared.telemetry import (
     MCP_METHOD_NAME,
     MCP_PROTOCOL_VERSION,
     NETWORK_TRANSPORT,
+    non_finite,
     transport_attributes,
 )
 

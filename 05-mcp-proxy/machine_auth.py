@@ -21,7 +21,7 @@ import httpx2
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
 from proxy_config import ClientCredentials
 
-from shared.token_storage import MemoryTokenStorage
+from shared import MemoryTokenStorage
 
 RENEW_BEFORE = 0.2  # of a token's lifetime left when a new one is fetched
 PROBE = {"jsonrpc": "2.0", "id": 0, "method": "server/discover"}  # any request the backend refuses without a token

@@ -76,12 +76,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from supervisor import Connection, Unavailable
 
-from shared import configure_logging, parse_config, serve
-from shared.config import build_parser
-from shared.context import bearer_token
-from shared.mcp_server import project_version
-from shared.serve import MCP_PATH, transport_security
-from shared.telemetry import INSTRUMENTATION_NAME, TelemetryMiddleware, metrics_endpoint, setup_telemetry
+from shared import (
+    INSTRUMENTATION_NAME,
+    MCP_PATH,
+    TelemetryMiddleware,
+    bearer_token,
+    build_parser,
+    configure_logging,
+    metrics_endpoint,
+    parse_config,
+    project_version,
+    serve,
+    setup_telemetry,
+    transport_security,
+)
 
 DEFAULT_PORT = 9090
 DEFAULT_CONFIG = Path(__file__).with_name("config.json")

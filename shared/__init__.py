@@ -5,8 +5,8 @@ calls `configure_logging()` and `serve()` itself. What each file offers, and
 to which modules, is in shared/README.md.
 """
 
-from shared.config import Address, ServerConfig, build_parser, config_from_args, parse_config
-from shared.context import Secret, bearer_token, caller_token, request_id
+from shared.config import ServerConfig, build_parser, config_from_args, parse_config
+from shared.context import Secret, bearer_token, caller_token
 from shared.finite import non_finite
 from shared.logs import configure_logging, log_requests
 from shared.mcp_server import project_version, refuse_unknown_tools
@@ -59,7 +59,6 @@ __all__ = [
     "MCP_PATH",
     "MCP_PROTOCOL_VERSION",
     "NETWORK_TRANSPORT",
-    "Address",
     "Caller",
     "MemoryTokenStorage",
     "RecentSpans",
@@ -88,7 +87,6 @@ __all__ = [
     "parse_config",
     "project_version",
     "refuse_unknown_tools",
-    "request_id",
     "run_uvicorn",
     "send_message",
     "serve",

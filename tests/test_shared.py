@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -16,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import shared
 from shared.config import Address, ConfigError, ServerConfig, parse_addr, parse_config
 from shared.context import RequestContextMiddleware, Secret, bearer_token, caller_token, request_id
 from shared.logs import REDACTED, configure_logging
@@ -207,3 +210,16 @@ def test_listening_socket_disables_nagle() -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         sock.close()
+
+
+def test_modules_import_only_the_shared_surface() -> None:
+    """A module names what it uses of shared/ through the package, and the package offers nothing no module uses."""
+    repo = Path(__file__).resolve().parent.parent
+    used: set[str] = set()
+    for path in sorted(repo.glob("0*-*/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "shared":
+                assert node.module == "shared", f"{path.relative_to(repo)} imports from {node.module}: use shared"
+                used |= {alias.name for alias in node.names}
+    assert used <= set(shared.__all__), f"not in shared.__all__: {sorted(used - set(shared.__all__))}"
+    assert set(shared.__all__) <= used, f"in shared.__all__ but used by no module: {sorted(set(shared.__all__) - used)}"
