@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -38,6 +39,7 @@ from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.inbound import mcp_param_headers, x_mcp_header_map
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ResourceUpdated, ToolsListChanged
@@ -606,28 +608,32 @@ def make_server(
         except Unavailable as exc:
             raise MCPError(code=-32603, message=str(exc)) from None
 
-    return Server(
-        config.name,
-        version=config.version or project_version(),
-        instructions="Tools, prompts and resources of several MCP servers; names start with the server's prefix.",
-        lifespan=lifespan,
-        on_list_tools=list_tools,
-        on_call_tool=call_tool,
-        on_list_prompts=list_prompts,
-        on_get_prompt=get_prompt,
-        on_list_resources=list_resources,
-        on_list_resource_templates=list_resource_templates,
-        on_read_resource=read_resource,
-        on_subscribe_resource=subscribe_resource,
-        on_unsubscribe_resource=unsubscribe_resource,
-        on_subscriptions_listen=Listen(proxy),
-        on_completion=complete,
-        on_set_logging_level=set_level,
-        # Lists depend on the caller's token and change whenever a backend's do: never shared, fresh every time.
-        cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in CACHEABLE_METHODS},  # type: ignore[misc]
-        # The SDK checks `Mcp-Param-*` headers against the tool's schema; give it ours, not a tools/list per call.
-        get_tool_input_schema=proxy.input_schema,
-    )
+    # The SDK warns that logging is deprecated since 2026-07-28; a 2025-11-25 client still sets its level here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        server = Server(
+            config.name,
+            version=config.version or project_version(),
+            instructions="Tools, prompts and resources of several MCP servers; names start with the server's prefix.",
+            lifespan=lifespan,
+            on_list_tools=list_tools,
+            on_call_tool=call_tool,
+            on_list_prompts=list_prompts,
+            on_get_prompt=get_prompt,
+            on_list_resources=list_resources,
+            on_list_resource_templates=list_resource_templates,
+            on_read_resource=read_resource,
+            on_subscribe_resource=subscribe_resource,
+            on_unsubscribe_resource=unsubscribe_resource,
+            on_subscriptions_listen=Listen(proxy),
+            on_completion=complete,
+            on_set_logging_level=set_level,
+            # Lists depend on the caller's token and change whenever a backend's do: never shared, fresh every time.
+            cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in CACHEABLE_METHODS},  # type: ignore[misc]
+            # The SDK checks `Mcp-Param-*` headers against the tool's schema; give it ours, not a tools/list per call.
+            get_tool_input_schema=proxy.input_schema,
+        )
+    return server
 
 
 serving: list[Proxy] = []  # the running proxy, for /readyz
