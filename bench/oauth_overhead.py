@@ -33,8 +33,16 @@ def main() -> None:
     mcp_port = free_port()
     resource = f"http://127.0.0.1:{mcp_port}/mcp"
     with tempfile.NamedTemporaryFile("w+", suffix=".log") as as_log:
-        issuer, as_process = start("03-oauth-mcp", env, "--resource", resource, "--log-format", "json",
-                                   script="authorization_server.py", stderr=as_log.fileno())  # fmt: skip
+        issuer, as_process = start(
+            "03-oauth-mcp",
+            env,
+            "--resource",
+            resource,
+            "--log-format",
+            "json",
+            script="authorization_server.py",
+            stderr=as_log.fileno(),
+        )
         _, rs_process = start("03-oauth-mcp", env, "--issuer", issuer, port=mcp_port)
         base_01, process_01 = start("01-basic-mcp", env)
         form = {"grant_type": "client_credentials", "resource": resource}
