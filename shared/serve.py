@@ -186,8 +186,8 @@ def bind_socket(addr: Address) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted connections inherit this: without it, a response written in two parts waits ~40 ms for
-        # the client's delayed ACK (Nagle's algorithm) on every 2026-07-28 request.
+        # Accepted connections inherit this: without it, a response written in two parts waits for the
+        # client's delayed ACK (Nagle's algorithm) on every 2026-07-28 request (how long: bench/README.md).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((addr.host, addr.port))
     except OSError:
@@ -204,7 +204,8 @@ class HttpProtocol(HttpToolsProtocol):
     RFC 9110 (section 5.5) says a field value excludes the spaces and tabs
     around it, and the MCP conformance suite sends `Mcp-Name:  echo  ` to check
     that a server compares `echo`. llhttp, the parser inside httptools, leaves
-    the trailing ones in; h11, uvicorn's other parser, strips both.
+    the trailing ones in; h11, uvicorn's other parser, strips both, but costs
+    far more per request than this one line (bench/README.md, "Hand-written code").
 
     uvicorn has no header timeout in either parser: a connection that never
     finishes its request line and headers stays open for good, so a few
