@@ -147,6 +147,29 @@ def test_tokens_are_masked_whoever_logs_them(json_log: io.StringIO) -> None:
     assert REDACTED in out
 
 
+class KeepRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_log_records_skip_the_lookups_no_line_prints(json_log: io.StringIO) -> None:
+    """`configure_logging` sets the standard library's private `logging._srcfile`, as the logging HOWTO
+    advises: a Python that renames it fails here by name, instead of quietly looking up every caller again."""
+    keep, logger = KeepRecords(), logging.getLogger("tests.lookups")
+    logger.addHandler(keep)
+    try:
+        logger.warning("where from?")
+    finally:
+        logger.removeHandler(keep)
+    [record] = keep.records
+    assert (record.pathname, record.lineno) == ("(unknown file)", 0), "logging._srcfile no longer stops the lookup"
+    assert (record.thread, record.process) == (None, None)
+
+
 def test_tracebacks_carry_no_local_variables(json_log: io.StringIO) -> None:
     password = "hunter2-in-a-local"
     try:
