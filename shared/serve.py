@@ -159,7 +159,8 @@ def stream_closer(mcp: MCPServer[Any] | Server[Any]) -> Callable[[], None] | Non
     it was a deliberate close, not a dropped connection.
     """
     # MCPServer keeps the low-level server to itself; the SDK offers no other way to reach its handlers.
-    # Looked up defensively: an SDK release that renames it costs the quick shutdown, not the start.
+    # Looked up defensively: an SDK release that renames it costs the quick shutdown, not the start (a test
+    # in tests/test_shared.py fails by name then).
     server = getattr(mcp, "_lowlevel_server", None) if isinstance(mcp, MCPServer) else mcp
     if not isinstance(server, Server):
         return None
