@@ -41,6 +41,7 @@ check: install
 # Performance figures, measured side by side in one run (not part of `make test`: a noisy machine is no pass/fail).
 bench: install
 	$(BIN)/python -m bench.telemetry_overhead
+	$(BIN)/python -m bench.hand_written
 	$(BIN)/python -m bench.oauth_overhead
 	$(BIN)/python -m bench.proxy_overhead --concurrency 32
 

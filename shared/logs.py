@@ -168,7 +168,7 @@ def configure_logging(level: str = "info", log_format: LogFormat | None = None, 
     # Fields of a LogRecord no line here prints, which the standard library would look up for every
     # record (the logging HOWTO's "Optimization"): the thread, the process, and the caller's frame.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    logging._srcfile = None  # noqa: SLF001 (the HOWTO names this very attribute)
+    logging._srcfile = None  # noqa: SLF001 (the HOWTO names this very attribute; a test fails if it moves)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
     root = logging.getLogger()

@@ -159,7 +159,8 @@ def stream_closer(mcp: MCPServer[Any] | Server[Any]) -> Callable[[], None] | Non
     it was a deliberate close, not a dropped connection.
     """
     # MCPServer keeps the low-level server to itself; the SDK offers no other way to reach its handlers.
-    # Looked up defensively: an SDK release that renames it costs the quick shutdown, not the start.
+    # Looked up defensively: an SDK release that renames it costs the quick shutdown, not the start (a test
+    # in tests/test_shared.py fails by name then).
     server = getattr(mcp, "_lowlevel_server", None) if isinstance(mcp, MCPServer) else mcp
     if not isinstance(server, Server):
         return None
@@ -186,8 +187,8 @@ def bind_socket(addr: Address) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted connections inherit this: without it, a response written in two parts waits ~40 ms for
-        # the client's delayed ACK (Nagle's algorithm) on every 2026-07-28 request.
+        # Accepted connections inherit this: without it, a response written in two parts waits for the
+        # client's delayed ACK (Nagle's algorithm) on every 2026-07-28 request (how long: bench/README.md).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((addr.host, addr.port))
     except OSError:
@@ -204,7 +205,8 @@ class HttpProtocol(HttpToolsProtocol):
     RFC 9110 (section 5.5) says a field value excludes the spaces and tabs
     around it, and the MCP conformance suite sends `Mcp-Name:  echo  ` to check
     that a server compares `echo`. llhttp, the parser inside httptools, leaves
-    the trailing ones in; h11, uvicorn's other parser, strips both.
+    the trailing ones in; h11, uvicorn's other parser, strips both, but costs
+    far more per request than this one line (bench/README.md, "Hand-written code").
 
     uvicorn has no header timeout in either parser: a connection that never
     finishes its request line and headers stays open for good, so a few

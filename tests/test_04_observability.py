@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import AttributeValue
@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from shared.logs import configure_logging
-from shared.otlp import encode_spans_in_place
+from shared.otlp import InPlaceOTLPSpanExporter, encode_spans_in_place
 from shared.telemetry import DURATION_BUCKETS, LogSpanExporter, build_span_exporter
 from tests.harness import (
     INITIALIZE,
@@ -356,6 +356,26 @@ async def test_otlp_export_reaches_a_real_receiver(otlp: tuple[str, OtlpReceiver
         await anyio.to_thread.run_sync(proc.stop)  # shutdown flushes the last batch
     assert "tools/call add_numbers" in receiver.span_names
     assert "mcp.server.operation.duration" in receiver.metric_names
+
+
+async def test_the_exporter_parts_shared_otlp_borrows_are_still_there(otlp: tuple[str, OtlpReceiver]) -> None:
+    """`InPlaceOTLPSpanExporter` uses the library exporter's private `_client` and `_shutdown`: a release that
+    renames them fails here by name, instead of the spans going missing with a line in the log."""
+    endpoint, receiver = otlp
+    exporter = InPlaceOTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")
+    assert hasattr(exporter, "_client"), "OTLPSpanExporter._client is gone: shared/otlp.py sends through it"
+    assert hasattr(exporter, "_shutdown"), "OTLPSpanExporter._shutdown is gone: shared/otlp.py reads it"
+    finished = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    with provider.get_tracer("test").start_as_current_span("tools/call echo_message"):
+        pass
+    spans = finished.get_finished_spans()
+    assert await anyio.to_thread.run_sync(exporter.export, spans) == SpanExportResult.SUCCESS
+    assert receiver.span_names == ["tools/call echo_message"]
+    exporter.shutdown()  # type: ignore[no-untyped-call]  # the library's method has no annotations
+    assert await anyio.to_thread.run_sync(exporter.export, spans) == SpanExportResult.FAILURE
+    assert receiver.span_names == ["tools/call echo_message"]
 
 
 async def test_sampling_and_disabling_follow_the_standard_variables() -> None:

@@ -22,7 +22,7 @@ import shared
 from shared.config import Address, ConfigError, ServerConfig, parse_addr, parse_config
 from shared.context import RequestContextMiddleware, Secret, bearer_token, caller_token, request_id
 from shared.logs import REDACTED, configure_logging
-from shared.serve import bind_socket, build_http_app, mcp_url, origin_regex, transport_security
+from shared.serve import bind_socket, build_http_app, mcp_url, origin_regex, stream_closer, transport_security
 from tests.harness import serve_app
 
 pytestmark = pytest.mark.anyio
@@ -147,6 +147,29 @@ def test_tokens_are_masked_whoever_logs_them(json_log: io.StringIO) -> None:
     assert REDACTED in out
 
 
+class KeepRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_log_records_skip_the_lookups_no_line_prints(json_log: io.StringIO) -> None:
+    """`configure_logging` sets the standard library's private `logging._srcfile`, as the logging HOWTO
+    advises: a Python that renames it fails here by name, instead of quietly looking up every caller again."""
+    keep, logger = KeepRecords(), logging.getLogger("tests.lookups")
+    logger.addHandler(keep)
+    try:
+        logger.warning("where from?")
+    finally:
+        logger.removeHandler(keep)
+    [record] = keep.records
+    assert (record.pathname, record.lineno) == ("(unknown file)", 0), "logging._srcfile no longer stops the lookup"
+    assert (record.thread, record.process) == (None, None)
+
+
 def test_tracebacks_carry_no_local_variables(json_log: io.StringIO) -> None:
     password = "hunter2-in-a-local"
     try:
@@ -199,6 +222,12 @@ async def test_app_serves_health_and_extra_routes_beside_mcp() -> None:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/hello")).json() == {"hello": "world"}
         assert (await http.get("/mcp", headers={"accept": "application/json"})).status_code != 404
+
+
+def test_open_listen_streams_can_be_ended_at_shutdown() -> None:
+    """`stream_closer` reaches `MCPServer`'s private `_lowlevel_server`, defensively: a release that renames it
+    would only slow shutdown down, so this test is what notices."""
+    assert callable(stream_closer(MCPServer("quick shutdown"))), "MCPServer._lowlevel_server moved: see shared/serve.py"
 
 
 def test_listening_socket_disables_nagle() -> None:
