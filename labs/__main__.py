@@ -23,7 +23,6 @@ import anyio
 from labs import regions, workspace
 from labs.catalogue import LABS, Lab, find
 from labs.checks import CHECK_TIMEOUT, Missing, one_line
-from tests.harness import REPO
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -108,5 +107,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     sys.exit(main())

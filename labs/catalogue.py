@@ -17,7 +17,7 @@ class Lab:
     name: str
     module: str  # the module folder the starter is cut from, and whose code is the solution
     files: tuple[str, ...]  # the files of that folder holding the lab's marked regions
-    minutes: int  # as timed by doing the lab once from a fresh start; AGENDA.md plans with these
+    minutes: int  # for a person who has just seen the module; AGENDA.md plans with these
     goal: str
     check: Check
     attack: Attack | None = None  # the attack labs: `labs attack NAME` runs it with the defence on or off

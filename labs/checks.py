@@ -173,8 +173,8 @@ async def check_02_fingerprint(folder: Path) -> str:
 # --- 02-replay: a token stolen for the upstream, replayed through the MCP server -------------------------------
 
 
-async def replay_02(folder: Path, defended: bool) -> tuple[bool, list[str]]:
-    """Alice's token for the upstream, stolen, sent to the MCP server: does the upstream accept it?"""
+async def replay_02(folder: Path, defended: bool) -> tuple[str, list[str]]:
+    """Alice's token for the upstream, stolen, sent to the MCP server: "forwarded", "accepted" or "refused"."""
     stolen = mint("alice", "UPSTREAM_AUDIENCE", "alices-own-app")
     mode = "safe" if defended else "passthrough"
     story = [f"02 in {mode} mode; the attacker holds alice's token for the upstream (not for this server)."]
@@ -182,14 +182,16 @@ async def replay_02(folder: Path, defended: bool) -> tuple[bool, list[str]]:
         async with http_client(server.url, headers={"Authorization": f"Bearer {stolen}"}) as client:
             result = await client.call_tool("make_authenticated_request", {"message": "replayed"})
     reply = result.structured_content or {}
-    worked = not result.is_error and reply.get("credential_seen") == Secret(stolen).fingerprint()
-    if worked:
-        story.append(f"ATTACK WORKED: the upstream took the stolen token and served {reply.get('caller_seen')}.")
-    elif result.is_error:
+    if result.is_error:
         story.append(f"ATTACK STOPPED: the MCP server refused the call: {text_of(result)}")
-    else:
-        story.append(f"ATTACK STOPPED: the upstream saw another credential, serving {reply.get('caller_seen')}.")
-    return worked, story
+        return "refused", story
+    if reply.get("credential_seen") == Secret(stolen).fingerprint():
+        story.append(f"ATTACK WORKED: the upstream took the stolen token and served {reply.get('caller_seen')}.")
+        return "forwarded", story
+    story.append(
+        f"HALF STOPPED: the token was not forwarded, but the server took it and called as {reply.get('caller_seen')}."
+    )
+    return "accepted", story
 
 
 async def attack_02_replay(folder: Path, defended: bool) -> list[str]:
@@ -197,9 +199,11 @@ async def attack_02_replay(folder: Path, defended: bool) -> list[str]:
 
 
 async def check_02_replay(folder: Path) -> str:
-    worked, _ = await replay_02(folder, defended=True)
-    if worked:
+    outcome, _ = await replay_02(folder, defended=True)
+    if outcome == "forwarded":
         raise Missing("the replay still works in safe mode: check the token is for this server, then call as itself")
+    if outcome == "accepted":
+        raise Missing("safe mode accepts a token issued for the upstream: check it is for this server first")
     alice = mint("alice", "MCP_AUDIENCE", "inspector")
     with running(folder, "--mode", "safe") as server:
         async with http_client(server.url, headers={"Authorization": f"Bearer {alice}"}) as client:
