@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError:
         print(f"NOT YET {args.lab}: the check took over {CHECK_TIMEOUT:.0f} s; does a tool of yours hang?")
     except (KeyError, OSError, regions.RegionError) as problem:
-        print(f"labs: {str(problem).strip(chr(39))}", file=sys.stderr)
+        print(f"labs: {problem.args[0] if isinstance(problem, KeyError) else problem}", file=sys.stderr)
         return 2
     except Exception as surprise:  # an attendee's copy can fail in any way: still one line, not a traceback
         print(f"NOT YET {args.lab}: {type(surprise).__name__}: {one_line(surprise)}")

@@ -39,19 +39,29 @@ class Missing(Exception):
     """What the attendee's copy still lacks, in one line."""
 
 
+TRACEBACK_PLACE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
 def one_line(error: BaseException) -> str:
-    """A server that did not start says why in its last lines (a SyntaxError, an ImportError): keep the last."""
+    """A server that did not start says why in its last lines (a SyntaxError, a NameError): that, and where."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for event in filter(None, (parse_json(line) for line in lines)):
+        if event.get("exception"):  # the server's own log line carries the traceback
+            lines = str(event["exception"]).splitlines()
+    places = [found for line in lines if (found := TRACEBACK_PLACE.search(line))]
+    where = f" ({Path(places[-1]['file']).name}, line {places[-1]['line']})" if places else ""
     for line in reversed(lines):
-        try:
-            event = json.loads(line)
-        except ValueError:
-            event = None
-        if isinstance(event, dict) and event.get("exception"):
-            return str(event["exception"]).strip().splitlines()[-1]
-        if re.match(r"^\w+(Error|Exception)\b", line):
-            return line
-    return lines[-1] if lines else type(error).__name__
+        if re.match(r"^\w+(Error|Exception)\b", line.strip()):
+            return line.strip() + where
+    return lines[-1].strip() if lines else type(error).__name__
+
+
+def parse_json(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @contextlib.contextmanager
