@@ -25,7 +25,7 @@ from mcp import Client, MCPError
 from mcp_types import CallToolResult, TextContent, TextResourceContents, Tool
 
 from shared import Secret
-from tests.harness import REPO, ServerProcess, http_client, remember_secret
+from tests.harness import REPO, ServerProcess, http_client, parse_json_line, remember_secret
 
 CHECK_TIMEOUT = 60.0  # seconds for a whole check: a server that hangs is a failure, not a wait
 CHANGE_TIMEOUT = 10.0  # seconds the proxy gets to notice that a backend changed its tools
@@ -45,7 +45,7 @@ TRACEBACK_PLACE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 def one_line(error: BaseException) -> str:
     """A server that did not start says why in its last lines (a SyntaxError, a NameError): that, and where."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for event in filter(None, (parse_json(line) for line in lines)):
+    for event in filter(None, (parse_json_line(line) for line in lines)):
         if event.get("exception"):  # the server's own log line carries the traceback
             lines = str(event["exception"]).splitlines()
     places = [found for line in lines if (found := TRACEBACK_PLACE.search(line))]
@@ -54,14 +54,6 @@ def one_line(error: BaseException) -> str:
         if re.match(r"^\w+(Error|Exception)\b", line.strip()):
             return line.strip() + where
     return lines[-1].strip() if lines else type(error).__name__
-
-
-def parse_json(line: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 @contextlib.contextmanager
