@@ -57,9 +57,7 @@ async def countdown(seconds: Annotated[int, Field(ge=1, le=30)], ctx: Context) -
         await anyio.sleep(1)
     log.info("countdown finished", seconds=seconds)
     return f"Countdown from {seconds} finished"
-
-
-# lab 01-tool: end
+    # lab 01-tool: end
 
 
 # Resources are what the model can *read*, addressed by URI.

@@ -59,7 +59,7 @@ def one_line(error: BaseException) -> str:
 @contextlib.contextmanager
 def running(folder: Path, *args: str) -> Iterator[ServerProcess]:
     """The copy's server.py over HTTP on a free port; one line, not a traceback, if it will not start."""
-    try:
+    try:  # the folder is absolute, so the harness's `REPO / folder` is the copy itself
         server = ServerProcess(str(folder), *args).start()
     except RuntimeError as exc:
         raise Missing(f"the server does not start: {one_line(exc)}") from None
