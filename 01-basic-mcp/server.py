@@ -45,6 +45,7 @@ mcp.add_tool(echo_message)
 mcp.add_tool(add_numbers)
 
 
+# lab 01-tool: begin
 @mcp.tool()
 async def countdown(seconds: Annotated[int, Field(ge=1, le=30)], ctx: Context) -> str:
     """Count down from a number of seconds (1 to 30), reporting progress each second."""
@@ -56,6 +57,7 @@ async def countdown(seconds: Annotated[int, Field(ge=1, le=30)], ctx: Context) -
         await anyio.sleep(1)
     log.info("countdown finished", seconds=seconds)
     return f"Countdown from {seconds} finished"
+    # lab 01-tool: end
 
 
 # Resources are what the model can *read*, addressed by URI.

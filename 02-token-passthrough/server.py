@@ -102,12 +102,14 @@ def check_token_is_for_us(token: Secret) -> str:
 @mcp.tool()
 def show_auth_token() -> str:
     """Show a masked hint of the caller's token (its length and fingerprint), never the token itself."""
+    # lab 02-fingerprint: begin, starter: return "not written yet"
     # A sync tool runs on a worker thread; the contextvar still holds this request's token.
     token = callers_token()
     hint = f"Bearer token of {len(token)} characters, fingerprint {token.fingerprint()}"
     if settings.mode == "passthrough":
         return f"{hint}. Not checked: passthrough mode accepts any token."
     return f"{hint}. Valid for this server: {check_token_is_for_us(token)}."
+    # lab 02-fingerprint: end
 
 
 @mcp.tool()
@@ -121,8 +123,10 @@ async def make_authenticated_request(message: str) -> UpstreamReply:
         # replayed through this tool. Run with --mode safe (the default) to see the fix.
         credential = token
     else:
+        # lab 02-replay: begin, starter: credential = token
         check_token_is_for_us(token)
         credential = own_upstream_credential()
+        # lab 02-replay: end
     return await send_message(settings.upstream_url, upstream_app, credential, message, settings.mode)
 
 

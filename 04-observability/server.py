@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import structlog
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from opentelemetry import metrics, trace
 from starlette.routing import Route
 
 from shared import (
@@ -54,9 +55,24 @@ mcp.add_tool(echo_message)
 mcp.add_tool(add_numbers)
 
 
+# lab 04-telemetry: begin
+# A metric of this server's own, beside the middleware's. setup_telemetry() installs the meter provider only in
+# main(); until then OpenTelemetry hands out a stand-in that forwards to the real one once it is there.
+divisions = metrics.get_meter(SERVICE_NAME).create_counter(
+    "workshop.divisions", description="Divisions asked for, by whether the divisor was zero"
+)
+# lab 04-telemetry: end
+
+
 @mcp.tool()
 def divide_numbers(dividend: float, divisor: float) -> float:
     """Divide one number by another."""
+    # lab 04-telemetry: begin
+    # What only this tool knows goes on the span the SDK opened for the call, and into its own metric.
+    by_zero = divisor == 0
+    trace.get_current_span().set_attribute("workshop.divisor_is_zero", by_zero)
+    divisions.add(1, {"workshop.divisor_is_zero": by_zero})
+    # lab 04-telemetry: end
     if divisor == 0:
         raise ToolError("cannot divide by zero")  # an expected failure: the model reads this message
     return dividend / divisor

@@ -106,6 +106,7 @@ class Pins:
         key = f"{server}/{tool.get('name')}"
         digest = fingerprint(tool)
         pin = self.pins.get(key) or {}
+        # lab 05-rug-pull: begin, starter: return []
         if pin.get("sha256") == digest:
             if "pending" in pin:  # the backend went back to what was approved
                 self.put(key, {k: v for k, v in pin.items() if k != "pending"})
@@ -113,6 +114,7 @@ class Pins:
         if "sha256" not in pin and (not known or trust_new):
             self.put(key, {"sha256": digest, "definition": definition(tool)})
             return []
+        # lab 05-rug-pull: end
         if (pin.get("pending") or {}).get("sha256") != digest:
             self.put(key, {**pin, "pending": {"sha256": digest, "definition": definition(tool)}})
         if "sha256" not in pin:
