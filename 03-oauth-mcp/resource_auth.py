@@ -4,6 +4,8 @@
 - `ScopeGate` refuses a request without a valid token before reading its body, caps the body, and
   refuses, with a 403 step-up challenge, a tool call that needs more scope than the token has.
 - `tool_scope_check` refuses the same calls again where the SDK dispatches them, whatever the gate parsed.
+- `authentication` and `resource_metadata_routes` are the SDK's own pieces, wired as the SDK wires them
+  when a server is built with `auth=`: here they are added when the server is served, not when it is built.
 - `TokenExchange` trades the caller's token for one issued for another API (RFC 8693), so that the
   caller's own token never leaves this server.
 """
@@ -24,9 +26,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 from mcp import MCPError
-from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.routes import create_protected_resource_routes
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, RequestBodyLimitMiddleware
@@ -34,8 +37,11 @@ from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
 from mcp_types import INVALID_REQUEST
 from pydantic import AnyHttpUrl
 from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import MCP_PATH, Caller, Rejected, Secret, Verifier
@@ -160,6 +166,26 @@ class OncePerRequest(TokenVerifier):
         access = await self.verifier.verify_token(token)
         _checked.set((token, access))
         return access
+
+
+def authentication(verifier: TokenVerifier, resource: str) -> list[Middleware]:
+    """The SDK's token check: the verified token where `get_access_token()` finds it, and sessions bound to it.
+
+    A token whose `resource` is not this server's is no token at all here (the
+    SDK's `validate_token_resource`).
+    """
+    backend = BearerAuthBackend(verifier, resource_server_url=cast(AnyHttpUrl, resource))
+    return [Middleware(AuthenticationMiddleware, backend=backend), Middleware(AuthContextMiddleware)]
+
+
+def resource_metadata_routes(resource: str, issuer: str, scopes: list[str]) -> list[Route]:
+    """RFC 9728 protected resource metadata: which authorization server issues tokens for this server."""
+    # Plain strings, on purpose: a URL object would add a trailing slash that clients then reject.
+    return create_protected_resource_routes(
+        resource_url=cast(AnyHttpUrl, resource),
+        authorization_servers=[cast(AnyHttpUrl, issuer)],
+        scopes_supported=scopes,
+    )
 
 
 class TokenExchange:
