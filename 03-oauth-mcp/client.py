@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import httpx2
 import uvicorn
-from machine_secret import TOKEN_DIR, read_secret, secret_file
+from identity_provider.machine_secret import TOKEN_DIR, read_secret, secret_file
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
