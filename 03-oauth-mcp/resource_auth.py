@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextvars import ContextVar
 from functools import partial
 from typing import Any, cast
 
@@ -27,7 +26,7 @@ from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 from mcp import MCPError
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.routes import create_protected_resource_routes
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
@@ -39,7 +38,6 @@ from pydantic import AnyHttpUrl
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
-from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,8 +48,6 @@ JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we d
 VERIFIED_CACHE_SIZE = 1024  # tokens remembered as valid until they expire
 
 log = structlog.get_logger("oauth-mcp")
-
-_checked: ContextVar[tuple[str, AccessToken | None] | None] = ContextVar("checked_token", default=None)
 
 
 def access_token(token: str, claims: dict[str, Any], resource: str) -> AccessToken:
@@ -147,27 +143,6 @@ class IntrospectionVerifier(TokenVerifier):
         return access_token(token, claims, self.resource)
 
 
-class OncePerRequest(TokenVerifier):
-    """A verifier asked at most once per request.
-
-    `ScopeGate` and the SDK's own authentication behind it both check the
-    token; an `IntrospectionVerifier` would otherwise ask the authorization
-    server twice for every request. The answer lives in the request's context,
-    so it is never reused for another request.
-    """
-
-    def __init__(self, verifier: TokenVerifier) -> None:
-        self.verifier = verifier
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        checked = _checked.get()
-        if checked is not None and checked[0] == token:
-            return checked[1]
-        access = await self.verifier.verify_token(token)
-        _checked.set((token, access))
-        return access
-
-
 def authentication(verifier: TokenVerifier, resource: str) -> list[Middleware]:
     """The SDK's token check: the verified token where `get_access_token()` finds it, and sessions bound to it.
 
@@ -238,29 +213,27 @@ class ScopeGate:
       (step-up authorization). A refusal from inside the tool would be an HTTP
       200 that no client treats as a reason to re-authorize.
 
-    The token is checked by the SDK's own `BearerAuthBackend`, so this gate and
-    the SDK behind it cannot disagree about who the caller is.
+    The token is checked once, by the SDK's own authentication in front of
+    this gate (`authentication()`); the gate reads its answer, so the two
+    cannot disagree about who the caller is.
     """
 
     def __init__(
         self,
         app: ASGIApp,
-        verifier: TokenVerifier,
-        resource: str,
         resource_metadata: str,
         base_scope: str,
         tool_scopes: dict[str, list[str]],
         max_body: int = DEFAULT_MAX_REQUEST_BODY_SIZE,  # the SDK's own limit
     ) -> None:
         self.app, self.resource_metadata, self.max_body = app, resource_metadata, max_body
-        self.backend = BearerAuthBackend(verifier, resource_server_url=cast(AnyHttpUrl, resource))
         self.base_scope, self.tool_scopes = base_scope, tool_scopes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != MCP_PATH:
             await self.app(scope, receive, send)
             return
-        refusal, granted = await self.authenticate(scope)
+        refusal, granted = self.authenticate(scope)
         if refusal is not None:
             await refusal(scope, receive, send)
         elif scope["method"] == "POST":
@@ -270,16 +243,16 @@ class ScopeGate:
         else:
             await self.app(scope, receive, send)
 
-    async def authenticate(self, scope: Scope) -> tuple[Response | None, set[str]]:
+    def authenticate(self, scope: Scope) -> tuple[Response | None, set[str]]:
         """A refusal from the headers alone, or the scopes the caller's token grants."""
         authorization = Headers(scope=scope).get("authorization", "")
         if not authorization.lower().startswith("bearer "):
             # RFC 6750 section 3.1: a request without credentials gets no error code, only how to get some.
             return self.challenge(401, None, [self.base_scope], "an access token is required"), set()
-        authenticated = await self.backend.authenticate(HTTPConnection(scope))
-        if authenticated is None:
+        user = scope.get("user")  # what the SDK's authentication, in front, made of the token
+        if not isinstance(user, AuthenticatedUser):
             return self.challenge(401, "invalid_token", [self.base_scope], "the access token is not valid here"), set()
-        granted = set(authenticated[0].scopes)
+        granted = set(user.scopes)
         if self.base_scope not in granted:
             needs = f"this server needs {self.base_scope}"
             return self.challenge(403, "insufficient_scope", [self.base_scope], needs), granted

@@ -31,7 +31,6 @@ from mcp.server.mcpserver.exceptions import ToolError
 from resource_auth import (
     IntrospectionVerifier,
     JwtVerifier,
-    OncePerRequest,
     ScopeGate,
     TokenExchange,
     authentication,
@@ -174,18 +173,15 @@ def protected_app(
 ) -> Starlette:
     """`mcp` over HTTP, for callers holding a token issued for `resource` by `issuer`.
 
-    In front of `/mcp`, outermost first: `ScopeGate` (401 without a valid
-    token, 403 with a step-up challenge for too little scope), then the SDK's
-    own authentication, which keeps the verified token where
-    `get_access_token()` finds it and binds each session to its caller.
-    Beside it, the protected resource metadata that tells clients where to
-    get a token.
+    In front of `/mcp`, outermost first: the SDK's own authentication, which
+    checks the token once and keeps it where `get_access_token()` finds it
+    (and binds each session to its caller), then `ScopeGate` (401 without a
+    valid token, 403 with a step-up challenge for too little scope). Beside
+    it, the protected resource metadata that tells clients where to get a
+    token.
     """
-    verifier = OncePerRequest(verifier)  # the gate and the SDK both ask: one check per request
     gate = Middleware(
         ScopeGate,
-        verifier=verifier,
-        resource=resource,
         resource_metadata=resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"),
         base_scope=REQUIRED_SCOPE,
         tool_scopes=TOOL_SCOPES,
@@ -194,7 +190,7 @@ def protected_app(
         mcp,
         config,
         routes=resource_metadata_routes(resource, issuer, [REQUIRED_SCOPE]),
-        middleware=[gate, *authentication(verifier, resource), Middleware(with_upstream, upstream=upstream)],
+        middleware=[*authentication(verifier, resource), gate, Middleware(with_upstream, upstream=upstream)],
     )
 
 

@@ -314,7 +314,7 @@ class CountedIntrospection(server.IntrospectionVerifier):  # type: ignore[misc,n
 
 
 async def test_each_request_asks_the_authorization_server_once(stack: Stack, target: ServerProcess) -> None:
-    """The gate checks the token before the SDK does; with introspection that must still be one call, not two."""
+    """The SDK checks the token and the gate reads its answer: with introspection, one call per request, not two."""
     resource = target.url
     verifier = CountedIntrospection(stack.issuer, resource, server.MCP_SERVER_CLIENT_ID, MCP_SERVER_SECRET)
     config, _ = parse_config(["-t", "http", "--addr", "127.0.0.1:0"], default_port=0)
