@@ -122,6 +122,7 @@ UPSTREAM: ContextVar[Upstream | None] = ContextVar("upstream", default=None)
 
 
 def upstream_exchange() -> tuple[Upstream, TokenExchange]:
+    """The upstream, and how to get tokens for it; a tool error if this server was started without a secret."""
     upstream = UPSTREAM.get()
     if upstream is None or upstream.exchange is None:
         raise ToolError("token exchange is not configured: set MCP_SERVER_CLIENT_SECRET for this server")
