@@ -23,12 +23,12 @@ import socket
 import sys
 import webbrowser
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
 import uvicorn
-from machine_secret import TOKEN_DIR, read_secret, secret_file
+from identity_provider.machine_secret import TOKEN_DIR, read_secret, secret_file
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuthProvider
@@ -40,12 +40,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from shared import MemoryTokenStorage
-
 TIMEOUT = httpx2.Timeout(30, read=300)
 STORE = TOKEN_DIR
 MACHINE_CLIENT_ID = "workshop-machine"
-CONFORMANCE_CLIENT_METADATA = "https://conformance-test.local/client-metadata.json"  # the suite's own test URL
 
 
 class FileTokenStorage:
@@ -182,89 +179,60 @@ class LoopbackCallback:
         return self.result
 
 
-class HeadlessRedirect:
-    """For the conformance harness: its authorization server redirects at once, so read the code from Location."""
+def machine_auth(server_url: str, issuer: str) -> ClientCredentialsOAuthProvider:
+    """Sign in as the machine client (client credentials): no person, no browser."""
+    # The variable wins; else the file the authorization server at this issuer left while it runs.
+    secret = os.environ.get("MACHINE_CLIENT_SECRET") or read_secret(issuer)
+    if not secret:
+        raise SystemExit(
+            f"client.py: error: --client-credentials needs the machine secret: {secret_file(issuer)} is missing"
+            " (is this the authorization server you started?); set MACHINE_CLIENT_SECRET to the secret it printed"
+        )
+    return ClientCredentialsOAuthProvider(
+        server_url=server_url,
+        storage=FileTokenStorage(issuer),
+        client_id=MACHINE_CLIENT_ID,
+        client_secret=secret,
+        issuer=issuer,
+    )
 
-    def __init__(self) -> None:
-        self.result: AuthorizationCodeResult | None = None
 
-    async def open_browser(self, url: str) -> None:
-        async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
-            response = await http.get(url, follow_redirects=False)
-        query = {k: v[0] for k, v in parse_qs(urlsplit(response.headers.get("location", "")).query).items()}
-        if "code" in query:
-            self.result = AuthorizationCodeResult(code=query["code"], state=query.get("state"), iss=query.get("iss"))
+def person_auth(server_url: str, issuer: str, browser: LoopbackCallback) -> OAuthClientProvider:
+    """Sign a person in through their browser (authorization code with PKCE), registering this client first."""
+    return OAuthClientProvider(
+        server_url=server_url,
+        client_metadata=OAuthClientMetadata(
+            client_name="MCP workshop client",
+            redirect_uris=[AnyUrl(browser.redirect_uri)],
+            grant_types=["authorization_code", "refresh_token"],
+            # A public client: it can keep no secret from its user.
+            token_endpoint_auth_method="none",  # noqa: S106 - a method name, not a password
+        ),
+        storage=FileTokenStorage(issuer),
+        redirect_handler=browser.open_browser,
+        callback_handler=browser.wait,
+    )
 
-    async def wait(self) -> AuthorizationCodeResult:
-        if self.result is None:
-            raise SystemExit("client.py: error: the authorization server did not send a code")
-        return self.result
 
-
-async def connect(server_url: str, auth: httpx2.Auth, conformance: bool) -> None:
+async def who_am_i(server_url: str, auth: httpx2.Auth) -> dict[str, Any]:
+    """Call `who_am_i` with tokens from `auth`, which signs in first if it holds none (or refreshes them)."""
     async with (
         httpx2.AsyncClient(auth=auth, timeout=TIMEOUT) as http,
         Client(streamable_http_client(server_url, http_client=http)) as client,
     ):
-        if conformance:  # the harness's server has tools of its own: list them and call each one
-            names = [tool.name for tool in (await client.list_tools()).tools]
-            for name in names:
-                await client.call_tool(name, {})  # a tool may need more scope: the provider steps up
-            print(json.dumps({"tools": names}))
-            return
         result = await client.call_tool("who_am_i", {})
     if result.is_error or result.structured_content is None:
         raise SystemExit(f"client.py: error: who_am_i failed: {result.content}")
-    print(json.dumps(result.structured_content, indent=2))
+    return dict(result.structured_content)
 
 
 async def main(server_url: str, client_credentials: bool) -> None:
-    # Set by the official conformance suite when it runs this client against its own servers.
-    conformance = "MCP_CONFORMANCE_SCENARIO" in os.environ
-    context = json.loads(os.environ.get("MCP_CONFORMANCE_CONTEXT") or "{}")
     issuer = await discover_issuer(server_url)
-    storage = MemoryTokenStorage() if conformance else FileTokenStorage(issuer)
-    auth: httpx2.Auth
-    if client_credentials or context.get("name", "").startswith("auth/client-credentials"):
-        client_id = context.get("client_id", MACHINE_CLIENT_ID)
-        # The variable wins; else the file the authorization server at this issuer left while it runs.
-        secret = context.get("client_secret") or os.environ.get("MACHINE_CLIENT_SECRET") or read_secret(issuer)
-        if not secret:
-            raise SystemExit(
-                f"client.py: error: --client-credentials needs the machine secret: {secret_file(issuer)} is missing"
-                " (is this the authorization server you started?); set MACHINE_CLIENT_SECRET to the secret it printed"
-            )
-        auth = ClientCredentialsOAuthProvider(
-            server_url=server_url, storage=storage, client_id=client_id, client_secret=secret, issuer=issuer
-        )
+    if client_credentials:
+        auth: httpx2.Auth = machine_auth(server_url, issuer)
     else:
-        browser = HeadlessRedirect() if conformance else LoopbackCallback()
-        redirect_uri = getattr(browser, "redirect_uri", "http://127.0.0.1:3000/callback")
-        if context.get("client_id"):  # pre-registered out of band
-            await storage.set_client_info(
-                OAuthClientInformationFull(
-                    client_id=context["client_id"],
-                    client_secret=context.get("client_secret"),
-                    redirect_uris=[AnyUrl(redirect_uri)],
-                    token_endpoint_auth_method="client_secret_basic" if context.get("client_secret") else "none",
-                )
-            )
-        auth = OAuthClientProvider(
-            server_url=server_url,
-            client_metadata=OAuthClientMetadata(
-                client_name="MCP workshop client",
-                redirect_uris=[AnyUrl(redirect_uri)],
-                grant_types=["authorization_code", "refresh_token"],
-                # A public client (it can keep no secret from its user), unless the server only takes others.
-                token_endpoint_auth_method=None if conformance else "none",
-            ),
-            storage=storage,
-            redirect_handler=browser.open_browser,
-            callback_handler=browser.wait,
-            # A client ID metadata document (the 2026-07-28 way to register) is used where the server supports it.
-            client_metadata_url=CONFORMANCE_CLIENT_METADATA if conformance else None,
-        )
-    await connect(server_url, auth, conformance)
+        auth = person_auth(server_url, issuer, LoopbackCallback())
+    print(json.dumps(await who_am_i(server_url, auth), indent=2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 - `ScopeGate` refuses a request without a valid token before reading its body, caps the body, and
   refuses, with a 403 step-up challenge, a tool call that needs more scope than the token has.
 - `tool_scope_check` refuses the same calls again where the SDK dispatches them, whatever the gate parsed.
+- `authentication` and `resource_metadata_routes` are the SDK's own pieces, wired as the SDK wires them
+  when a server is built with `auth=`: here they are added when the server is served, not when it is built.
 - `TokenExchange` trades the caller's token for one issued for another API (RFC 8693), so that the
   caller's own token never leaves this server.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextvars import ContextVar
 from functools import partial
 from typing import Any, cast
 
@@ -24,9 +25,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from joserfc.jws import extract_compact
 from mcp import MCPError
-from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware, get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend
 from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.routes import create_protected_resource_routes
 from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, RequestBodyLimitMiddleware
@@ -34,8 +36,10 @@ from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
 from mcp_types import INVALID_REQUEST
 from pydantic import AnyHttpUrl
 from starlette.datastructures import Headers
-from starlette.requests import HTTPConnection
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import MCP_PATH, Caller, Rejected, Secret, Verifier
@@ -44,8 +48,6 @@ JWKS_REFETCH_SECONDS = 5  # at most this often, when a token names a key id we d
 VERIFIED_CACHE_SIZE = 1024  # tokens remembered as valid until they expire
 
 log = structlog.get_logger("oauth-mcp")
-
-_checked: ContextVar[tuple[str, AccessToken | None] | None] = ContextVar("checked_token", default=None)
 
 
 def access_token(token: str, claims: dict[str, Any], resource: str) -> AccessToken:
@@ -141,25 +143,24 @@ class IntrospectionVerifier(TokenVerifier):
         return access_token(token, claims, self.resource)
 
 
-class OncePerRequest(TokenVerifier):
-    """A verifier asked at most once per request.
+def authentication(verifier: TokenVerifier, resource: str) -> list[Middleware]:
+    """The SDK's token check: the verified token where `get_access_token()` finds it, and sessions bound to it.
 
-    `ScopeGate` and the SDK's own authentication behind it both check the
-    token; an `IntrospectionVerifier` would otherwise ask the authorization
-    server twice for every request. The answer lives in the request's context,
-    so it is never reused for another request.
+    A token whose `resource` is not this server's is no token at all here (the
+    SDK's `validate_token_resource`).
     """
+    backend = BearerAuthBackend(verifier, resource_server_url=cast(AnyHttpUrl, resource))
+    return [Middleware(AuthenticationMiddleware, backend=backend), Middleware(AuthContextMiddleware)]
 
-    def __init__(self, verifier: TokenVerifier) -> None:
-        self.verifier = verifier
 
-    async def verify_token(self, token: str) -> AccessToken | None:
-        checked = _checked.get()
-        if checked is not None and checked[0] == token:
-            return checked[1]
-        access = await self.verifier.verify_token(token)
-        _checked.set((token, access))
-        return access
+def resource_metadata_routes(resource: str, issuer: str, scopes: list[str]) -> list[Route]:
+    """RFC 9728 protected resource metadata: which authorization server issues tokens for this server."""
+    # Plain strings, on purpose: a URL object would add a trailing slash that clients then reject.
+    return create_protected_resource_routes(
+        resource_url=cast(AnyHttpUrl, resource),
+        authorization_servers=[cast(AnyHttpUrl, issuer)],
+        scopes_supported=scopes,
+    )
 
 
 class TokenExchange:
@@ -212,29 +213,27 @@ class ScopeGate:
       (step-up authorization). A refusal from inside the tool would be an HTTP
       200 that no client treats as a reason to re-authorize.
 
-    The token is checked by the SDK's own `BearerAuthBackend`, so this gate and
-    the SDK behind it cannot disagree about who the caller is.
+    The token is checked once, by the SDK's own authentication in front of
+    this gate (`authentication()`); the gate reads its answer, so the two
+    cannot disagree about who the caller is.
     """
 
     def __init__(
         self,
         app: ASGIApp,
-        verifier: TokenVerifier,
-        resource: str,
         resource_metadata: str,
         base_scope: str,
         tool_scopes: dict[str, list[str]],
         max_body: int = DEFAULT_MAX_REQUEST_BODY_SIZE,  # the SDK's own limit
     ) -> None:
         self.app, self.resource_metadata, self.max_body = app, resource_metadata, max_body
-        self.backend = BearerAuthBackend(verifier, resource_server_url=cast(AnyHttpUrl, resource))
         self.base_scope, self.tool_scopes = base_scope, tool_scopes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != MCP_PATH:
             await self.app(scope, receive, send)
             return
-        refusal, granted = await self.authenticate(scope)
+        refusal, granted = self.authenticate(scope)
         if refusal is not None:
             await refusal(scope, receive, send)
         elif scope["method"] == "POST":
@@ -244,16 +243,16 @@ class ScopeGate:
         else:
             await self.app(scope, receive, send)
 
-    async def authenticate(self, scope: Scope) -> tuple[Response | None, set[str]]:
+    def authenticate(self, scope: Scope) -> tuple[Response | None, set[str]]:
         """A refusal from the headers alone, or the scopes the caller's token grants."""
         authorization = Headers(scope=scope).get("authorization", "")
         if not authorization.lower().startswith("bearer "):
             # RFC 6750 section 3.1: a request without credentials gets no error code, only how to get some.
             return self.challenge(401, None, [self.base_scope], "an access token is required"), set()
-        authenticated = await self.backend.authenticate(HTTPConnection(scope))
-        if authenticated is None:
+        user = scope.get("user")  # what the SDK's authentication, in front, made of the token
+        if not isinstance(user, AuthenticatedUser):
             return self.challenge(401, "invalid_token", [self.base_scope], "the access token is not valid here"), set()
-        granted = set(authenticated[0].scopes)
+        granted = set(user.scopes)
         if self.base_scope not in granted:
             needs = f"this server needs {self.base_scope}"
             return self.challenge(403, "insufficient_scope", [self.base_scope], needs), granted

@@ -1,6 +1,6 @@
 """03-oauth-mcp: an MCP server that only answers callers holding an access token issued for it.
 
-    .venv/bin/python 03-oauth-mcp/authorization_server.py       # first: the authorization server on :9000
+    .venv/bin/python 03-oauth-mcp/authorization_server.py       # first: the stand-in identity provider on :9000
     .venv/bin/python 03-oauth-mcp/server.py -t http             # then: this server on http://127.0.0.1:8083/mcp
 
 It checks each bearer token itself, against the authorization server's
@@ -8,33 +8,39 @@ published keys (no call to the authorization server per request): the
 signature, the issuer, the audience (this server's own URL), the expiry and
 the token type. A caller without a valid token gets 401 and a pointer to the
 metadata that says where to get one (RFC 9728).
+
+The tools below are plain MCP tools, as in 01; what makes this server
+"protected" is `protected_app()`, which puts the token checks in front of
+them when the server is served over HTTP.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, cast
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
 
 import httpx2
 import structlog
 from mcp.server import MCPServer
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import AnyHttpUrl
 from resource_auth import (
     IntrospectionVerifier,
     JwtVerifier,
-    OncePerRequest,
     ScopeGate,
     TokenExchange,
+    authentication,
+    resource_metadata_routes,
     tool_scope_check,
     upstream_verifier,
 )
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared import (
     EMBEDDED_ANYTHING,
@@ -67,108 +73,126 @@ MCP_SERVER_CLIENT_ID = "workshop-mcp-server"  # this server's own client at the 
 
 log = structlog.get_logger("oauth-mcp")
 
+mcp = MCPServer(
+    "oauth-mcp",
+    version=project_version(),
+    instructions="Tells you who you are, according to your OAuth access token.",
+    # tool_scope_check refuses a call to a tool the token has too little scope for (see TOOL_SCOPES).
+    middleware=[log_requests, tool_scope_check(TOOL_SCOPES)],
+)
+refuse_unknown_tools(mcp)
+mcp.add_tool(echo_message)
+mcp.add_tool(add_numbers)
+
 
 def verified_token() -> AccessToken:
+    """The caller's access token, as checked before the request reached the tool (the SDK keeps it per request)."""
     token = get_access_token()
     if token is None:
         raise ToolError("no verified token: this server is only served over HTTP with OAuth")
     return token
 
 
+@mcp.tool()
 def who_am_i() -> dict[str, Any]:
     """Tell who the caller is, according to their verified access token."""
     claims = verified_token().claims or {}
     return {key: claims.get(key) for key in ("sub", "client_id", "scope", "aud", "iss", "exp")}
 
 
+@mcp.tool()
 def show_auth_token() -> str:
     """Show a masked hint of the caller's access token (its length and fingerprint), never the token itself."""
     token = Secret(verified_token().token)
     return f"Bearer token of {len(token)} characters, fingerprint {token.fingerprint()}"
 
 
-def create_server(
-    issuer: str,
-    resource: str,
-    verifier: TokenVerifier,
-    exchange: TokenExchange | None = None,
-    upstream_url: str = EMBEDDED_ANYTHING,
-) -> MCPServer[Any]:
-    """The MCP server for one canonical URL: the audience its tokens must carry."""
-    mcp: MCPServer[Any] = MCPServer(
-        "oauth-mcp",
-        version=project_version(),
-        instructions="Tells you who you are, according to your OAuth access token.",
-        middleware=[log_requests, tool_scope_check(TOOL_SCOPES)],
-        token_verifier=verifier,
-        auth=AuthSettings(
-            # Plain strings, on purpose: a URL object would add a trailing slash that clients then reject.
-            issuer_url=cast(AnyHttpUrl, issuer),
-            resource_server_url=cast(AnyHttpUrl, resource),
-            required_scopes=[REQUIRED_SCOPE],
-            validate_token_resource=True,
-        ),
-    )
-    refuse_unknown_tools(mcp)
-    for tool in (who_am_i, show_auth_token, echo_message, add_numbers):
-        mcp.add_tool(tool)
-    upstream_app = build_upstream_app(
-        upstream_verifier(issuer, exchange.upstream_resource if exchange else EMBEDDED_URL)
-    )
+@dataclass(frozen=True)
+class Upstream:
+    """What the two tools that call other services need; fixed when the server starts."""
 
-    @mcp.tool()
-    async def make_authenticated_request(message: str) -> UpstreamReply:
-        """Send a message to the upstream API on the caller's behalf and report what the upstream saw."""
-        caller = verified_token()
-        if exchange is None:
-            raise ToolError("token exchange is not configured: set MCP_SERVER_CLIENT_SECRET for this server")
-        # The caller's token was issued for this server, and it stays here. The upstream gets a token
-        # minted for it by the authorization server: the caller as subject, this server as actor.
-        upstream_token = await exchange.for_resource(caller.token, exchange.upstream_resource)
-        return await send_message(upstream_url, upstream_app, upstream_token, message, "token-exchange")
+    issuer: str  # the authorization server, which also lists its clients
+    exchange: TokenExchange | None  # None: this server has no secret of its own, so it cannot get tokens
+    url: str  # the API make_authenticated_request calls
+    embedded: Starlette  # the API served in-process when `url` is EMBEDDED_ANYTHING
 
-    @mcp.tool()
-    async def list_oauth_clients() -> list[dict[str, Any]]:
-        """List the OAuth clients registered at the authorization server (needs the mcp:admin scope)."""
-        # ScopeGate has already refused callers without mcp:admin, with a 403 their client can act on.
-        caller = verified_token()
-        if exchange is None:
-            raise ToolError("token exchange is not configured: set MCP_SERVER_CLIENT_SECRET for this server")
-        admin_token = await exchange.for_resource(caller.token, f"{issuer}/admin")
-        async with httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http:
-            response = await http.get(
-                f"{issuer}/admin/clients", headers={"Authorization": f"Bearer {admin_token.reveal()}"}
-            )
-        if response.status_code != 200:
-            raise ToolError(f"the authorization server refused the listing (HTTP {response.status_code})")
-        return [
-            {"client_id": c["client_id"], "client_name": c["client_name"], "grant_types": c["grant_types"]}
-            for c in response.json()["clients"]
-        ]
 
-    return mcp
+# Handed to each request by `protected_app()`, the way the SDK hands it the caller's token.
+UPSTREAM: ContextVar[Upstream | None] = ContextVar("upstream", default=None)
+
+
+def upstream_exchange() -> tuple[Upstream, TokenExchange]:
+    """The upstream, and how to get tokens for it; a tool error if this server was started without a secret."""
+    upstream = UPSTREAM.get()
+    if upstream is None or upstream.exchange is None:
+        raise ToolError("token exchange is not configured: set MCP_SERVER_CLIENT_SECRET for this server")
+    return upstream, upstream.exchange
+
+
+@mcp.tool()
+async def make_authenticated_request(message: str) -> UpstreamReply:
+    """Send a message to the upstream API on the caller's behalf and report what the upstream saw."""
+    caller = verified_token()
+    upstream, exchange = upstream_exchange()
+    # The caller's token was issued for this server, and it stays here. The upstream gets a token
+    # minted for it by the authorization server: the caller as subject, this server as actor.
+    upstream_token = await exchange.for_resource(caller.token, exchange.upstream_resource)
+    return await send_message(upstream.url, upstream.embedded, upstream_token, message, "token-exchange")
+
+
+@mcp.tool()
+async def list_oauth_clients() -> list[dict[str, Any]]:
+    """List the OAuth clients registered at the authorization server (needs the mcp:admin scope)."""
+    # ScopeGate has already refused callers without mcp:admin, with a 403 their client can act on.
+    caller = verified_token()
+    upstream, exchange = upstream_exchange()
+    admin_token = await exchange.for_resource(caller.token, f"{upstream.issuer}/admin")
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30)) as http:
+        response = await http.get(
+            f"{upstream.issuer}/admin/clients", headers={"Authorization": f"Bearer {admin_token.reveal()}"}
+        )
+    if response.status_code != 200:
+        raise ToolError(f"the authorization server refused the listing (HTTP {response.status_code})")
+    return [
+        {"client_id": c["client_id"], "client_name": c["client_name"], "grant_types": c["grant_types"]}
+        for c in response.json()["clients"]
+    ]
+
+
+def with_upstream(app: ASGIApp, upstream: Upstream) -> ASGIApp:
+    """ASGI middleware: put `upstream` in reach of the tools for every request."""
+
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        UPSTREAM.set(upstream)  # each request runs in a context of its own: nothing leaks to the next
+        await app(scope, receive, send)
+
+    return call
 
 
 def protected_app(
-    config: ServerConfig,
-    issuer: str,
-    resource: str,
-    verifier: TokenVerifier,
-    exchange: TokenExchange | None = None,
-    upstream_url: str = EMBEDDED_ANYTHING,
+    config: ServerConfig, issuer: str, resource: str, verifier: TokenVerifier, upstream: Upstream
 ) -> Starlette:
-    """The MCP server behind `ScopeGate`, sharing one check of each request's token with the SDK."""
-    verifier = OncePerRequest(verifier)  # the gate and the SDK both ask
-    mcp = create_server(issuer, resource, verifier, exchange, upstream_url)
+    """`mcp` over HTTP, for callers holding a token issued for `resource` by `issuer`.
+
+    In front of `/mcp`, outermost first: the SDK's own authentication, which
+    checks the token once and keeps it where `get_access_token()` finds it
+    (and binds each session to its caller), then `ScopeGate` (401 without a
+    valid token, 403 with a step-up challenge for too little scope). Beside
+    it, the protected resource metadata that tells clients where to get a
+    token.
+    """
     gate = Middleware(
         ScopeGate,
-        verifier=verifier,
-        resource=resource,
         resource_metadata=resource.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"),
         base_scope=REQUIRED_SCOPE,
         tool_scopes=TOOL_SCOPES,
     )
-    return build_http_app(mcp, config, middleware=[gate])
+    return build_http_app(
+        mcp,
+        config,
+        routes=resource_metadata_routes(resource, issuer, [REQUIRED_SCOPE]),
+        middleware=[*authentication(verifier, resource), gate, Middleware(with_upstream, upstream=upstream)],
+    )
 
 
 def warn_if_unreachable(issuer: str) -> None:
@@ -224,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not secret:
             parser.error("--introspect authenticates to the authorization server: set MCP_SERVER_CLIENT_SECRET")
         verifier = IntrospectionVerifier(issuer, resource, MCP_SERVER_CLIENT_ID, secret)
-    app = protected_app(config, issuer, resource, verifier, exchange, args.upstream_url)
+    embedded = build_upstream_app(upstream_verifier(issuer, args.upstream_resource))
+    upstream = Upstream(issuer, exchange, args.upstream_url, embedded)
+    app = protected_app(config, issuer, resource, verifier, upstream)
     warn_if_unreachable(issuer)
     run_uvicorn(app, sock, config, resource)
 

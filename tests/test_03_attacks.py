@@ -287,11 +287,10 @@ def test_params_of_the_wrong_shape_get_a_4xx(target: ServerProcess, read_token: 
 async def test_the_admin_tool_needs_its_scope_even_without_the_gate(stack: Stack, target: ServerProcess) -> None:
     """The MCP server without its HTTP gate: the dispatched name alone must still decide."""
     resource = target.url  # tokens are issued for it; the verifier checks the audience, not the port
-    exchange = server.TokenExchange(stack.issuer, server.MCP_SERVER_CLIENT_ID, MCP_SERVER_SECRET, EMBEDDED_URL)
-    mcp = server.create_server(stack.issuer, resource, server.JwtVerifier(stack.issuer, resource), exchange)
+    sdk_only = server.authentication(server.JwtVerifier(stack.issuer, resource), resource)
     config, _ = parse_config(["-t", "http", "--addr", "127.0.0.1:0"], default_port=0)
     token = machine_token(stack, resource)
-    async with serve_app(build_http_app(mcp, config)) as base:
+    async with serve_app(build_http_app(server.mcp, config, middleware=sdk_only)) as base:
         headers = modern_headers("list_oauth_clients", token)
         async with httpx2.AsyncClient(timeout=30) as http:
             refused = await http.post(
@@ -315,12 +314,14 @@ class CountedIntrospection(server.IntrospectionVerifier):  # type: ignore[misc,n
 
 
 async def test_each_request_asks_the_authorization_server_once(stack: Stack, target: ServerProcess) -> None:
-    """The gate checks the token before the SDK does; with introspection that must still be one call, not two."""
+    """The SDK checks the token and the gate reads its answer: with introspection, one call per request, not two."""
     resource = target.url
     verifier = CountedIntrospection(stack.issuer, resource, server.MCP_SERVER_CLIENT_ID, MCP_SERVER_SECRET)
     config, _ = parse_config(["-t", "http", "--addr", "127.0.0.1:0"], default_port=0)
     token = machine_token(stack, resource)
-    app = server.protected_app(config, stack.issuer, resource, verifier)
+    embedded = server.build_upstream_app(server.upstream_verifier(stack.issuer, EMBEDDED_URL))
+    upstream = server.Upstream(stack.issuer, None, server.EMBEDDED_ANYTHING, embedded)
+    app = server.protected_app(config, stack.issuer, resource, verifier, upstream)
     async with serve_app(app) as base, httpx2.AsyncClient(timeout=30) as http:
         for _ in range(3):
             answer = await http.post(

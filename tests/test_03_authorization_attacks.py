@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.harness import ServerProcess, load_server, serve_app
+from tests.harness import ServerProcess, load_sibling, serve_app
 
 FOLDER = "03-oauth-mcp"
 DEMO_PASSWORD = "demo-password-for-tests"
@@ -393,8 +393,8 @@ def test_pending_sign_ins_are_bounded_in_size_and_number(fresh_auth: ServerProce
 
 def test_the_throttles_forget_keys_whose_events_aged_out() -> None:
     """A script that claims a new client_id at every guess must not grow the throttle's table without end."""
-    authorization_server = load_server(FOLDER, "authorization_server.py")
-    limit = authorization_server.RateLimit(limit=10, window=0.05)
+    checks = load_sibling(FOLDER, "identity_provider.checks")
+    limit = checks.RateLimit(limit=10, window=0.05)
     for n in range(5000):
         limit.add(f"client-{n}")
     time.sleep(0.1)  # every key above has aged out

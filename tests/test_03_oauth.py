@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from shared import Secret
+from shared import MemoryTokenStorage, Secret
 from shared.upstream import EMBEDDED_URL
 from tests.harness import (
     CAPTURED_LOGS,
@@ -366,8 +366,8 @@ def test_tokens_not_issued_for_this_server_are_refused(stack: Stack) -> None:
     assert post_mcp(stack, "not-a-jwt").status_code == 401
 
 
-class MemoryStorage(load_server(FOLDER, "client.py").MemoryTokenStorage):  # type: ignore[misc]
-    """client.py's in-memory token storage, telling the log check which tokens to look for."""
+class MemoryStorage(MemoryTokenStorage):
+    """The SDK-shaped in-memory token storage of shared/, telling the log check which tokens to look for."""
 
     async def set_tokens(self, tokens: OAuthToken) -> None:
         remember_secret(tokens.access_token)
@@ -717,7 +717,7 @@ def redirect_location(response: httpx2.Response) -> str:
 
 # --- the official conformance suite, client mode: our client against the suite's own servers --
 
-CLIENT_COMMAND = f"{sys.executable} {REPO / FOLDER / 'conformance_client.py'}"
+CLIENT_COMMAND = f"{sys.executable} -m tests.conformance_oauth_client"  # run from the repository root
 
 
 def run_conformance_client(*selection: str) -> subprocess.CompletedProcess[str]:

@@ -15,7 +15,7 @@ from tests.harness import load_sibling
 
 pytestmark = pytest.mark.anyio
 
-client_metadata = load_sibling("03-oauth-mcp", "client_metadata")
+client_metadata = load_sibling("03-oauth-mcp", "identity_provider.client_metadata")
 
 
 def spellings(text: str) -> list[str]:

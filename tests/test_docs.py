@@ -50,7 +50,8 @@ def console_examples() -> Iterator[Any]:
 
 @pytest.mark.parametrize("readme", READMES, ids=lambda p: p.parent.name)
 def test_python_blocks_are_excerpts_of_real_code(readme: Path) -> None:
-    sources = [*readme.parent.glob("*.py"), *(REPO / "shared").glob("*.py")]
+    module_files = readme.parent.glob("*/*.py") if readme.parent.name.startswith("0") else ()  # a subfolder's too
+    sources = [*readme.parent.glob("*.py"), *module_files, *(REPO / "shared").glob("*.py")]
     code = "\n".join(path.read_text() for path in sources)
     for block in blocks(readme, "python"):
         assert block in code, f"{readme} shows code that is not in {readme.parent.name}:\n{block}"
@@ -183,7 +184,7 @@ def test_the_root_readme_layout_is_the_tree() -> None:
     assert all((REPO / name).exists() for name in entries)
     for folder in sorted(name for name in entries if name.startswith("0")):
         files = {path.removeprefix(folder) for path in tracked if path.startswith(folder)}
-        named = set(re.findall(r"[\w-]+\.(?:py|json|md)\b", entries[folder]))
+        named = set(re.findall(r"[\w/-]+\.(?:py|json|md)\b", entries[folder]))  # a subfolder's files by path
         assert named == files, f"{folder}: the layout names {sorted(named)}, the folder holds {sorted(files)}"
 
 

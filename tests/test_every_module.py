@@ -10,27 +10,18 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from mcp.server.auth.provider import AccessToken
 from mcp.shared.exceptions import MCPError
 
 from tests.harness import load_server, load_sibling
 
 pytestmark = pytest.mark.anyio
 
-SIMPLE = ["01-basic-mcp", "02-token-passthrough", "04-observability"]
-
-
-class NoTokens:
-    """03's server wants a verifier; in memory there is no HTTP, so nothing ever asks it."""
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        return None
+# Each of these has a module-level `mcp` (03's token checks are added only when it is served over HTTP).
+SIMPLE = ["01-basic-mcp", "02-token-passthrough", "03-oauth-mcp", "04-observability"]
 
 
 def the_server(folder: str, tmp_path: Path, proxy: dict[str, Any] | None = None) -> Any:
     module = load_server(folder)
-    if folder == "03-oauth-mcp":
-        return module.create_server("http://127.0.0.1:1", "http://127.0.0.1:2/mcp", NoTokens())
     if folder == "05-mcp-proxy":
         config = load_sibling(folder, "proxy_config").parse_config({"mcpServers": {}, "mcpProxy": proxy or {}})
         return module.make_server(config, load_sibling(folder, "pins").Pins(tmp_path / "pins.json"))
@@ -43,7 +34,7 @@ async def connected(server: Any) -> AsyncIterator[Client]:
         yield client
 
 
-@pytest.mark.parametrize("folder", [*SIMPLE, "03-oauth-mcp", "05-mcp-proxy"])
+@pytest.mark.parametrize("folder", [*SIMPLE, "05-mcp-proxy"])
 async def test_server_info_carries_the_project_version(folder: str, tmp_path: Path) -> None:
     async with connected(the_server(folder, tmp_path)) as client:
         info = client.server_info
@@ -57,7 +48,7 @@ async def test_the_proxy_reports_the_name_and_version_its_config_gives(tmp_path:
     assert info is not None and (info.name, info.version) == ("my-proxy", "7.1")
 
 
-@pytest.mark.parametrize("folder", [*SIMPLE, "03-oauth-mcp", "05-mcp-proxy"])
+@pytest.mark.parametrize("folder", [*SIMPLE, "05-mcp-proxy"])
 async def test_an_unknown_tool_is_the_specs_protocol_error(folder: str, tmp_path: Path) -> None:
     async with connected(the_server(folder, tmp_path)) as client:
         with pytest.raises(MCPError) as raised:

@@ -31,9 +31,10 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
-from oauth_store import AuthorizationCode, Client, RefreshToken, Store
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
+
+from identity_provider.oauth_store import AuthorizationCode, Client, RefreshToken, Store
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN, not a secret
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN, not a secret
