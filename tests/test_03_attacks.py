@@ -254,12 +254,21 @@ def test_a_token_without_the_base_scope_gets_a_403_naming_it(
     verifier, challenge = pkce()
     url = authorize_url(stack, client["client_id"], challenge, scope="mcp:admin", resource=target.url)
     code = redirect_params(sign_in(url))["code"]
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
-            "client_id": client["client_id"], "code_verifier": verifier, "resource": target.url}  # fmt: skip
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": CALLBACK,
+        "client_id": client["client_id"],
+        "code_verifier": verifier,
+        "resource": target.url,
+    }
     granted = httpx2.post(f"{stack.issuer}/token", data=form).json()
     assert granted["scope"] == "mcp:admin", granted
-    response = post(target, INITIALIZE.encode(), {"content-type": "application/json", "accept": ACCEPT,
-                                                   "authorization": f"Bearer {granted['access_token']}"})  # fmt: skip
+    response = post(
+        target,
+        INITIALIZE.encode(),
+        {"content-type": "application/json", "accept": ACCEPT, "authorization": f"Bearer {granted['access_token']}"},
+    )
     assert response.status_code == 403
     header = challenge_of(response)
     assert 'error="insufficient_scope"' in header and 'scope="mcp:read"' in header, header

@@ -262,8 +262,13 @@ def test_code_is_single_use_and_a_second_attempt_revokes_the_first(stack: Stack)
     client = register(stack)
     verifier, challenge = pkce()
     code = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))["code"]
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
-            "client_id": client["client_id"], "code_verifier": verifier}  # fmt: skip
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": CALLBACK,
+        "client_id": client["client_id"],
+        "code_verifier": verifier,
+    }
     first = httpx2.post(f"{stack.issuer}/token", data=form)
     assert first.status_code == 200
     remember_secret(first.json()["access_token"])
@@ -284,8 +289,13 @@ def test_wrong_verifier_is_refused(stack: Stack) -> None:
     _, challenge = pkce()
     code = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))["code"]
     other_verifier, _ = pkce()
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
-            "client_id": client["client_id"], "code_verifier": other_verifier}  # fmt: skip
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": CALLBACK,
+        "client_id": client["client_id"],
+        "code_verifier": other_verifier,
+    }
     assert httpx2.post(f"{stack.issuer}/token", data=form).json()["error"] == "invalid_grant"
 
 
@@ -346,8 +356,14 @@ def forge(stack: Stack) -> str:
     """A token as an attacker would make one: every claim right, but signed with their own key."""
     real_kid = str(KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json()).keys[0].kid)
     signing = RSAKey.generate_key(2048, parameters={"kid": real_kid})
-    body = {"iss": stack.issuer, "sub": "mallory", "aud": stack.resource, "client_id": "x", "scope": "mcp:read",
-            "exp": 4102444800}  # fmt: skip
+    body = {
+        "iss": stack.issuer,
+        "sub": "mallory",
+        "aud": stack.resource,
+        "client_id": "x",
+        "scope": "mcp:read",
+        "exp": 4102444800,
+    }
     return remember_secret(jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": real_kid}, body, signing))
 
 
@@ -461,8 +477,16 @@ async def test_upstream_call_uses_an_exchanged_token(stack: Stack) -> None:
 async def test_callers_token_never_leaves_the_mcp_server(stack: Stack) -> None:
     recorder = Recorder(server.build_upstream_app(server.upstream_verifier(stack.issuer, EMBEDDED_URL)))
     async with serve_app(recorder) as upstream:
-        other = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{stack.other_port}", "--issuer", stack.issuer,
-                              "--upstream-url", upstream + "/anything", env=ENV)  # fmt: skip
+        other = ServerProcess(
+            FOLDER,
+            "--addr",
+            f"127.0.0.1:{stack.other_port}",
+            "--issuer",
+            stack.issuer,
+            "--upstream-url",
+            upstream + "/anything",
+            env=ENV,
+        )
         with other:
             token = machine_token(stack, stack.other_resource)
             async with http_client(other.url, headers={"Authorization": f"Bearer {token}"}) as client:
@@ -483,8 +507,11 @@ def test_a_server_can_exchange_only_tokens_issued_for_it(stack: Stack) -> None:
     # workshop-mcp-server may exchange tokens for both of its resources; a stranger may exchange nothing.
     stranger = httpx2.post(f"{stack.issuer}/token", data=form, auth=("workshop-machine", MACHINE_SECRET))
     assert stranger.json()["error"] in ("unauthorized_client", "invalid_request")
-    forged = httpx2.post(f"{stack.issuer}/token", data={**form, "subject_token": forge(stack)},
-                         auth=("workshop-mcp-server", MCP_SERVER_SECRET))  # fmt: skip
+    forged = httpx2.post(
+        f"{stack.issuer}/token",
+        data={**form, "subject_token": forge(stack)},
+        auth=("workshop-mcp-server", MCP_SERVER_SECRET),
+    )
     assert forged.json()["error"] == "invalid_grant"
 
 
@@ -526,8 +553,12 @@ def run_client(stack: Stack, *args: str, token_dir: Path, browser: str) -> subpr
     )
     done = subprocess.run(
         [sys.executable, str(REPO / FOLDER / "client.py"), *args, stack.resource],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
     CAPTURED_LOGS.append(done.stderr.splitlines())
     return done
 
@@ -588,8 +619,13 @@ def test_after_an_inspector_sign_in_q_keeps_its_keychain_notes_off_every_cli_cal
     def inspector(*args: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [*node_tool("mcp-inspector"), "--cli", *args, "--method", "tools/list"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         CAPTURED_LOGS.append(done.stderr.splitlines())
         assert done.returncode == 0, done.stderr
         return done
@@ -645,8 +681,11 @@ def test_introspection_reports_only_active_access_tokens(stack: Stack) -> None:
     _, tokens = code_flow(stack)
     active = introspect(stack, tokens["access_token"]).json()
     assert (active["active"], active["sub"], active["aud"], active["token_type"]) == (
-        True, "demo", stack.resource, "access_token",
-    )  # fmt: skip
+        True,
+        "demo",
+        stack.resource,
+        "access_token",
+    )
     assert introspect(stack, tokens["refresh_token"]).json() == {"active": False}
     assert introspect(stack, tokens["access_token"], auth=None).status_code == 401  # only for authenticated clients
 
@@ -671,8 +710,9 @@ def test_introspection_mode_sees_a_revocation_at_once(stack: Stack) -> None:
     httpx2.post(f"{stack.issuer}/revoke", data={"token": local}, auth=auth)
     assert post_mcp(stack, local).status_code == 200  # checked locally: still good until `exp`
 
-    checking = ServerProcess(FOLDER, "--addr", f"127.0.0.1:{stack.other_port}", "--issuer", stack.issuer,
-                             "--introspect", env=ENV)  # fmt: skip
+    checking = ServerProcess(
+        FOLDER, "--addr", f"127.0.0.1:{stack.other_port}", "--issuer", stack.issuer, "--introspect", env=ENV
+    )
     with checking:
         other = Stack(stack.issuer, stack.other_resource, 0)
         token = machine_token(stack, stack.other_resource)
@@ -688,8 +728,20 @@ def test_conformance_authorization_server(stack: Stack, tmp_path: Path) -> None:
     """Both scenarios: metadata, and a full code grant in which a scripted user signs in when asked."""
     port = free_port()
     client = register(stack, redirect_uris=[f"http://127.0.0.1:{port}/callback"], client_name="conformance")
-    command = [*node_tool("conformance"), "authorization", "--url", stack.issuer, "--client-id", client["client_id"],
-               "--resource", stack.resource, "--port", str(port), "-o", str(tmp_path)]  # fmt: skip
+    command = [
+        *node_tool("conformance"),
+        "authorization",
+        "--url",
+        stack.issuer,
+        "--client-id",
+        client["client_id"],
+        "--resource",
+        stack.resource,
+        "--port",
+        str(port),
+        "-o",
+        str(tmp_path),
+    ]
     harness = subprocess.Popen(
         command, cwd=REPO, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -748,8 +800,9 @@ def test_conformance_client_credentials_extension() -> None:
 def test_mcp_server_follows_a_key_rotation(tmp_path: Path) -> None:
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
-    rotating = ServerProcess(FOLDER, "--resource", resource, "--rotate-keys-every", "6", env=ENV,
-                             script="authorization_server.py")  # fmt: skip
+    rotating = ServerProcess(
+        FOLDER, "--resource", resource, "--rotate-keys-every", "6", env=ENV, script="authorization_server.py"
+    )
     with rotating as auth, ServerProcess(FOLDER, "--addr", f"127.0.0.1:{port}", "--issuer", auth.url, env=ENV):
         stack = Stack(auth.url, resource, 0)
         before = machine_token(stack, resource)
@@ -790,8 +843,14 @@ def b64url_json(data: dict[str, Any]) -> str:
 
 def unsigned(stack: Stack) -> str:
     """`alg: none`: a token that claims to need no signature at all."""
-    claims = {"iss": stack.issuer, "sub": "mallory", "aud": stack.resource, "client_id": "x", "scope": "mcp:read",
-              "exp": 4102444800}  # fmt: skip
+    claims = {
+        "iss": stack.issuer,
+        "sub": "mallory",
+        "aud": stack.resource,
+        "client_id": "x",
+        "scope": "mcp:read",
+        "exp": 4102444800,
+    }
     return remember_secret(f"{b64url_json({'alg': 'none', 'typ': 'at+jwt'})}.{b64url_json(claims)}.")
 
 
@@ -806,8 +865,14 @@ async def test_verifier_refuses_expired_and_wrongly_typed_tokens() -> None:
     jwks = Starlette(routes=[Route("/jwks", lambda _: JSONResponse(KeySet([key]).as_dict(private=False)))])
     async with serve_app(jwks) as issuer:
         verifier = resource_auth.JwtVerifier(issuer, "http://127.0.0.1:1/mcp")
-        good = {"iss": issuer, "sub": "u", "aud": "http://127.0.0.1:1/mcp", "client_id": "c", "scope": "mcp:read",
-                "exp": int(time.time()) + 60}  # fmt: skip
+        good = {
+            "iss": issuer,
+            "sub": "u",
+            "aud": "http://127.0.0.1:1/mcp",
+            "client_id": "c",
+            "scope": "mcp:read",
+            "exp": int(time.time()) + 60,
+        }
 
         def sign(claims: dict[str, Any], typ: str = "at+jwt", alg: str = "RS256") -> str:
             return jwt.encode({"alg": alg, "typ": typ, "kid": "test-key"}, claims, key, algorithms=[alg])
@@ -857,8 +922,17 @@ def test_state_survives_a_restart_with_redis() -> None:
     resource = f"http://127.0.0.1:{mcp_port}/mcp"
 
     def authorization_server(store: str) -> ServerProcess:
-        return ServerProcess(FOLDER, "--addr", f"127.0.0.1:{as_port}", "--resource", resource, "--store", store,
-                             env=ENV, script="authorization_server.py")  # fmt: skip
+        return ServerProcess(
+            FOLDER,
+            "--addr",
+            f"127.0.0.1:{as_port}",
+            "--resource",
+            resource,
+            "--store",
+            store,
+            env=ENV,
+            script="authorization_server.py",
+        )
 
     with redis_server() as store:
         with authorization_server(store) as first:
@@ -867,15 +941,24 @@ def test_state_survives_a_restart_with_redis() -> None:
             verifier, challenge = pkce()
             code = redirect_params(sign_in(authorize_url(stack, client["client_id"], challenge)))["code"]
         with authorization_server(store):  # a new process: nothing in memory
-            redeemed = httpx2.post(f"{stack.issuer}/token", data={
-                "grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK,
-                "client_id": client["client_id"], "code_verifier": verifier,
-            })  # fmt: skip
+            redeemed = httpx2.post(
+                f"{stack.issuer}/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": CALLBACK,
+                    "client_id": client["client_id"],
+                    "code_verifier": verifier,
+                },
+            )
             assert redeemed.status_code == 200, redeemed.text
             remember_secret(redeemed.json()["access_token"])
             remember_secret(redeemed.json()["refresh_token"])
-            refresh = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-                       "client_id": client["client_id"]}  # fmt: skip
+            refresh = {
+                "grant_type": "refresh_token",
+                "refresh_token": tokens["refresh_token"],
+                "client_id": client["client_id"],
+            }
             refreshed = httpx2.post(f"{stack.issuer}/token", data=refresh)
             assert refreshed.status_code == 200, refreshed.text
             remember_secret(refreshed.json()["access_token"])
@@ -925,8 +1008,14 @@ def test_the_browser_inspector_may_call_what_it_needs(stack: Stack, server: str,
 
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def test_a_person_signs_in_with_a_real_browser(stack: Stack, tmp_path: Path) -> None:
@@ -939,8 +1028,11 @@ def test_a_person_signs_in_with_a_real_browser(stack: Stack, tmp_path: Path) -> 
     env = server_env({"MCP_WORKSHOP_TOKEN_DIR": str(tmp_path / "tokens"), "BROWSER": f"{sys.executable} {opener} %s"})
     client = subprocess.Popen(
         [sys.executable, str(REPO / FOLDER / "client.py"), stack.resource],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not url_file.exists():
@@ -1008,8 +1100,14 @@ def cimd() -> Iterator[tuple[Stack, DocumentHost, str]]:
     """An authorization server that accepts metadata documents on loopback (its development flag), and their host."""
     host = DocumentHost()
     with serve_in_thread(host.app) as base:
-        auth = ServerProcess(FOLDER, "--resource", "http://127.0.0.1:1/mcp", "--allow-loopback-client-metadata",
-                             env=ENV, script="authorization_server.py")  # fmt: skip
+        auth = ServerProcess(
+            FOLDER,
+            "--resource",
+            "http://127.0.0.1:1/mcp",
+            "--allow-loopback-client-metadata",
+            env=ENV,
+            script="authorization_server.py",
+        )
         with auth:
             yield Stack(auth.url, "http://127.0.0.1:1/mcp", 0), host, base
 
@@ -1023,8 +1121,13 @@ def test_a_client_known_by_its_metadata_document_signs_in(cimd: tuple[Stack, Doc
     page = httpx2.get(url)
     assert "Document App" in page.text and "runs on your own machine" in page.text  # the localhost warning
     params = redirect_params(sign_in(url))
-    form = {"grant_type": "authorization_code", "code": params["code"], "redirect_uri": CALLBACK,
-            "client_id": client_id, "code_verifier": verifier}  # fmt: skip
+    form = {
+        "grant_type": "authorization_code",
+        "code": params["code"],
+        "redirect_uri": CALLBACK,
+        "client_id": client_id,
+        "code_verifier": verifier,
+    }
     token = httpx2.post(f"{stack.issuer}/token", data=form)
     assert token.status_code == 200, token.text
     remember_secret(token.json()["access_token"])
@@ -1036,17 +1139,25 @@ def test_a_client_known_by_its_metadata_document_signs_in(cimd: tuple[Stack, Doc
 @pytest.mark.parametrize(
     ("name", "document", "reason"),
     [
-        ("other.json", {"client_id": "http://127.0.0.1:1/not-me.json", "client_name": "x", "redirect_uris": [CALLBACK]},
-         "the document's client_id is not its own URL"),
-        ("secret.json", {"client_id": "SELF", "client_name": "x", "redirect_uris": [CALLBACK], "client_secret": "s"},
-         "a client metadata document holds no secret"),
-        ("evil-redirect.json", {"client_id": "SELF", "client_name": "x", "redirect_uris": ["http://evil.example/cb"]},
-         "redirect URIs must use HTTPS or point to loopback"),
-        ("big.json", {"client_id": "SELF", "client_name": "x" * 6000, "redirect_uris": [CALLBACK]},
-         "larger than 5 KB"),
+        (
+            "other.json",
+            {"client_id": "http://127.0.0.1:1/not-me.json", "client_name": "x", "redirect_uris": [CALLBACK]},
+            "the document's client_id is not its own URL",
+        ),
+        (
+            "secret.json",
+            {"client_id": "SELF", "client_name": "x", "redirect_uris": [CALLBACK], "client_secret": "s"},
+            "a client metadata document holds no secret",
+        ),
+        (
+            "evil-redirect.json",
+            {"client_id": "SELF", "client_name": "x", "redirect_uris": ["http://evil.example/cb"]},
+            "redirect URIs must use HTTPS or point to loopback",
+        ),
+        ("big.json", {"client_id": "SELF", "client_name": "x" * 6000, "redirect_uris": [CALLBACK]}, "larger than 5 KB"),
         ("moved.json", RedirectResponse("http://127.0.0.1:1/elsewhere.json"), "answered 307, not 200"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_metadata_document_is_refused(
     cimd: tuple[Stack, DocumentHost, str], name: str, document: Any, reason: str
 ) -> None:

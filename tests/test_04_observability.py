@@ -403,8 +403,16 @@ def test_stdout_is_only_json_rpc_with_tracing_on() -> None:
 
 
 def test_inspector_calls_04_over_both_transports() -> None:
-    stdio = inspector_cli(sys.executable, str(SERVER), "--method", "tools/call", "--tool-name", "echo_message",
-                          "--tool-arg", "message=traced")  # fmt: skip
+    stdio = inspector_cli(
+        sys.executable,
+        str(SERVER),
+        "--method",
+        "tools/call",
+        "--tool-name",
+        "echo_message",
+        "--tool-arg",
+        "message=traced",
+    )
     assert stdio["content"][0]["text"] == "Echo: traced"
     with ServerProcess(FOLDER) as proc:
         over_http = inspector_cli(proc.url, "--method", "resources/read", "--uri", "telemetry://recent-spans")

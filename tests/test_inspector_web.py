@@ -34,8 +34,14 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from tests.harness import CAPTURED_LOGS, REPO, START_TIMEOUT, ServerProcess, free_port, load_server, server_env
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DEMO_PASSWORD = "demo-password-for-the-inspector-test"  # printed by the authorization server on purpose
 MACHINE_SECRET = "machine-secret-for-the-inspector-test"
 # As `make run` gives them: 03's MCP server authenticates as itself for list_oauth_clients.

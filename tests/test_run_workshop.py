@@ -71,8 +71,9 @@ async def test_make_run_serves_every_module_and_stops_on_ctrl_c() -> None:
         [secret] = [line.split("=", 1)[1].strip() for line in banner if "export MACHINE_CLIENT_SECRET=" in line]
         assert f"workshop-machine / {secret}" in text and "demo / " in text
         issuer = next(m for m in STACK if m.script == "authorization_server.py").moved(offset).url
-        token = httpx2.post(f"{issuer}/token", data={"grant_type": "client_credentials"},
-                            auth=("workshop-machine", secret))  # fmt: skip
+        token = httpx2.post(
+            f"{issuer}/token", data={"grant_type": "client_credentials"}, auth=("workshop-machine", secret)
+        )
         assert token.status_code == 200
         async with http_client(STACK[0].moved(offset).url) as client:
             result = await client.call_tool("echo_message", {"message": "from make run"})
