@@ -68,11 +68,14 @@ TRANSPORT_ERRORS = (httpcore2.NetworkError, httpcore2.ProtocolError, httpcore2.T
 CONNECT_ERRORS = (httpcore2.ConnectError, httpcore2.ConnectTimeout)  # the backend cannot be reached at all
 NOT_SENT = (*CONNECT_ERRORS, httpcore2.PoolTimeout)  # failures before a byte of the request left
 LINE_END = re.compile(rb"\r\n|\n|\r")
+RESUME_DELAY = 1.0  # seconds before coming back to a cut stream whose server named no `retry` (the SDK's client's)
+MAX_RESUME_FAILURES = 2  # tries in a row that bring nothing before a cut call is given up, as the SDK's client
 
 Message = dict[str, Any]
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 Relay = Callable[[str, Mapping[str, Any] | None], Awaitable[Message]]
 LogRelay = Callable[[Mapping[str, Any]], Awaitable[None]]  # a backend's log message about one call
+Cut = Callable[[], Awaitable[None]]  # the backend cut a call's stream, meaning to go on: cut the caller's too
 NotificationHandler = Callable[[str, Mapping[str, Any] | None], Awaitable[None]]
 
 
@@ -110,6 +113,7 @@ class Call:
     relay: Relay | None = None
     log: LogRelay | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    cut: Cut | None = None
     answered: anyio.Event = field(default_factory=anyio.Event)
     response: Message | None = None
     clock: anyio.CancelScope | None = None  # its deadline is the idle timeout, pushed on by progress
@@ -188,6 +192,7 @@ class Link:
         progress: Progress | None = None,
         relay: Relay | None = None,
         on_log: LogRelay | None = None,
+        on_cut: Cut | None = None,
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
         pass_input_required: bool = False,
@@ -212,6 +217,7 @@ class Link:
                 progress=progress,
                 relay=relay,
                 on_log=on_log,
+                on_cut=on_cut,
                 timeouts=timeouts,
                 headers=headers,
                 capabilities=capabilities,
@@ -251,6 +257,7 @@ class Link:
         progress: Progress | None = None,
         relay: Relay | None = None,
         on_log: LogRelay | None = None,
+        on_cut: Cut | None = None,
         timeouts: Timeouts | None = None,
         headers: Mapping[str, str] | None = None,
         capabilities: Mapping[str, Any] | None = None,
@@ -258,7 +265,7 @@ class Link:
         """One request, one answer."""
         if self.closed.is_set():
             raise LinkDown(self.reason, sent=False)
-        call = Call(next(self.ids), progress, relay, on_log, headers=headers or {})
+        call = Call(next(self.ids), progress, relay, on_log, headers=headers or {}, cut=on_cut)
         call.background = method == "subscriptions/listen"
         body: Message = dict(params or {})
         meta = dict(body.get("_meta") or {})
@@ -678,6 +685,7 @@ class HttpLink(Link):
     async def deliver(self, message: Message, call: Call) -> None:
         generation, session_id = self.generation, self.session_id
         await self.authorize()
+        where = Cursor()
         try:
             async with self.stream(message, self.wire_headers(message, session_id, call.headers)) as response:
                 status, kind = response.status, header(response, "content-type")
@@ -694,7 +702,7 @@ class HttpLink(Link):
                     raise BackendError(-32603, f"HTTP {status} from the backend: {said}")
                 # (2026-07-28 gives a JSON-RPC error an HTTP status too; its body is the answer to pass on.)
                 if not lost:
-                    await self.read_response(response, call)
+                    await self.read_response(response, call, where)
         except NOT_SENT as exc:  # nothing reached the backend: if it cannot be reached at all, the link is down
             if isinstance(exc, CONNECT_ERRORS):
                 self.close(f"{type(exc).__name__}: {exc}"[:300] or type(exc).__name__)
@@ -704,8 +712,33 @@ class HttpLink(Link):
         if lost:  # renewed only now, with this response's connection back in the pool
             await self.renew(generation)
             raise LinkDown("the backend lost our session (it restarted?)", sent=False)
+        if not call.answered.is_set() and where.last_id is not None:
+            await self.resume(call, where)
         if not call.answered.is_set():
             call.settle({"error": {"code": -32603, "message": "the backend's answer stream ended without an answer"}})
+
+    async def resume(self, call: Call, where: Cursor) -> None:
+        """The backend ended the call's stream before its answer, after an event with an id: it means to go on
+        (SEP-1699). Our caller's stream is cut too (it comes back to us the same way), and the link comes back
+        as any client would: a GET with `Last-Event-ID` after the `retry` the backend asked for, again each
+        time that stream ends too, until the answer is in or tries in a row bring nothing."""
+        if call.cut is not None:
+            await call.cut()
+        failures = 0
+        while not call.answered.is_set() and failures < MAX_RESUME_FAILURES:
+            await anyio.sleep(where.retry)
+            before = where.last_id
+            with suppress(*TRANSPORT_ERRORS, LinkDown):  # LinkDown: no token for now; the next try may have one
+                await self.authorize()
+                extra = {**call.headers, "last-event-id": str(before)}
+                headers = self.wire_headers({}, self.session_id, extra)
+                async with self.http.stream("GET", self.url, headers=headers, extensions=HTTP_TIMEOUTS) as response:
+                    if response.status < 400 and header(response, "content-type").startswith("text/event-stream"):
+                        async for message in sse_messages(response.aiter_stream(), where):
+                            await self.dispatch(message, call)
+                            if call.answered.is_set():
+                                break  # this stream stays open after the answer: it is not the call's own
+            failures = 0 if where.last_id != before else failures + 1
 
     async def renew(self, generation: int) -> None:
         """Start a new session, once per lost session however many calls noticed it."""
@@ -714,9 +747,9 @@ class HttpLink(Link):
                 log.info("backend lost our session; starting a new one", backend=self.name)
                 await self.start_session()
 
-    async def read_response(self, response: Any, call: Call | None) -> None:
+    async def read_response(self, response: Any, call: Call | None, where: Cursor | None = None) -> None:
         if header(response, "content-type").startswith("text/event-stream"):
-            async for message in sse_messages(response.aiter_stream()):
+            async for message in sse_messages(response.aiter_stream(), where):
                 await self.dispatch(message, call)
         elif response.status != 202:
             content = await response.aread()
@@ -820,8 +853,19 @@ def header(response: Any, name: str) -> str:
     return ""
 
 
-async def sse_messages(chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:
-    """The JSON payloads of an SSE stream's `message` events (comments, pings and an unfinished last event skipped)."""
+@dataclass
+class Cursor:
+    """How far an SSE stream got: its last event id, and how soon its server said to come back if it is cut."""
+
+    last_id: str | None = None
+    retry: float = RESUME_DELAY  # seconds
+
+
+async def sse_messages(chunks: AsyncIterator[bytes], where: Cursor | None = None) -> AsyncIterator[Any]:
+    """The JSON payloads of an SSE stream's `message` events (comments, pings and an unfinished last event skipped).
+
+    `where`, if given, is kept up to date with the stream's event ids and `retry` field, to resume it from.
+    """
     data: list[str] = []
     event = "message"
     async for line in sse_lines(chunks):
@@ -834,6 +878,10 @@ async def sse_messages(chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:
             data.append(line[5:].removeprefix(" "))
         elif line.startswith("event:"):
             event = line[6:].strip()
+        elif where is not None and line.startswith("id:") and "\0" not in line:
+            where.last_id = line[3:].removeprefix(" ")
+        elif where is not None and line.startswith("retry:") and line[6:].strip().isdigit():
+            where.retry = int(line[6:].strip()) / 1000
 
 
 async def sse_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:

@@ -852,9 +852,15 @@ async def forward(
                 data, logger = message.get("data"), message.get("logger")
                 await now.session.send_log_message(cast(LoggingLevel, level), data, logger, now.request_id)
 
+        async def cut() -> None:  # the backend cut its stream and means to go on: so do we (SEP-1699)
+            close = caller().close_sse_stream
+            if close is not None:  # (the caller's era resumes streams, and we keep their events to resume from)
+                await close()
+
         return await connection.request(
             method, {**params, "_meta": meta} if meta else params, safe=safe, timeouts=timeouts,
-            progress=progress if wants_progress else None, relay=relay, on_log=log_message, headers=headers,
+            progress=progress if wants_progress else None, relay=relay, on_log=log_message, on_cut=cut,
+            headers=headers,
             pass_input_required=modern_caller, capabilities=declared(ctx, caller_meta),
             legacy=not modern_caller,  # the backend's 2025-11-25 session, if it has one: it carries questions
         )  # fmt: skip
@@ -1039,7 +1045,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             server_info=server.server_info_stamp, duration=telemetry_middleware.duration,
         )  # fmt: skip
         guard = Middleware(HostGuard, security=transport_security(config))
-        serve(server, config, routes=routes, middleware=[guard, Middleware(FrontDoor, proxy_config=current), express])
+        # Resumable: a backend that cuts its stream mid-call has the proxy cut its caller's, who then resumes.
+        middleware = [guard, Middleware(FrontDoor, proxy_config=current), express]
+        serve(server, config, routes=routes, middleware=middleware, resumable=True)
     finally:
         telemetry.shutdown()
     if refusals:

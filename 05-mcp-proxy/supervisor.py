@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 from links import (
     PROTOCOL_VERSION,
     BackendError,
+    Cut,
     HttpLink,
     Link,
     LinkDown,
@@ -288,6 +289,7 @@ class Connection:
         progress: Progress | None = None,
         relay: Relay | None = None,
         on_log: LogRelay | None = None,
+        on_cut: Cut | None = None,
         headers: Mapping[str, str] | None = None,
         pass_input_required: bool = False,
         capabilities: Mapping[str, Any] | None = None,
@@ -308,6 +310,7 @@ class Connection:
                     progress=progress,
                     relay=relay,
                     on_log=on_log,
+                    on_cut=on_cut,
                     timeouts=timeouts,
                     headers=headers,
                     pass_input_required=pass_input_required,
