@@ -32,7 +32,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 from express import ExpressLane
-from links import BackendError, LinkDown, Message, Relay, Timeout, Timeouts
+from link import BackendError, LinkDown, Message, Relay, Timeout, Timeouts
 from mcp import MCPError
 from mcp.server import Server, ServerRequestContext
 from mcp.server.caching import CACHEABLE_METHODS, CacheHint

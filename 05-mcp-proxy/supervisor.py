@@ -29,23 +29,23 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from links import (
+from http_link import HttpLink
+from link import (
     PROTOCOL_VERSION,
     BackendError,
     Cut,
-    HttpLink,
     Link,
     LinkDown,
     LogRelay,
     Message,
     Progress,
     Relay,
-    StdioLink,
     Timeout,
     Timeouts,
 )
 from machine_auth import MachineToken
 from proxy_config import Backend
+from stdio_link import StdioLink
 
 log = structlog.get_logger("mcp-proxy.supervisor")
 
