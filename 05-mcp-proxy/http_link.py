@@ -51,9 +51,14 @@ class HttpLink(Link):
     """
 
     def __init__(
-        self, name: str, url: str, http: httpcore2.AsyncConnectionPool, headers: Mapping[str, str],
-        on_notification: NotificationHandler, machine: MachineToken | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        url: str,
+        http: httpcore2.AsyncConnectionPool,
+        headers: Mapping[str, str],
+        on_notification: NotificationHandler,
+        machine: MachineToken | None = None,
+    ) -> None:
         super().__init__(name, on_notification)
         self.url = url
         self.http = http
@@ -277,8 +282,12 @@ class HttpLink(Link):
         held open, reopened when it drops, and at once when `follow` changes the filter."""
         delay, dropped = 0.5, False
         while not self.closed.is_set():
-            message = {"jsonrpc": "2.0", "id": next(self.ids), "method": "subscriptions/listen",
-                       "params": {"notifications": self.listen_filter(), "_meta": ENVELOPE}}  # fmt: skip
+            message = {
+                "jsonrpc": "2.0",
+                "id": next(self.ids),
+                "method": "subscriptions/listen",
+                "params": {"notifications": self.listen_filter(), "_meta": ENVELOPE},
+            }
             self.listening = scope = anyio.CancelScope()
             try:
                 with scope:

@@ -409,8 +409,13 @@ class Link:
                     self.following = before  # not all of it reached the backend: the next `watch` tries again
                     return
                 except (BackendError, Timeout) as exc:
-                    log.warning("backend refused a resource subscription", backend=self.name, uri=uri,
-                                method=method, error=str(exc))  # fmt: skip
+                    log.warning(
+                        "backend refused a resource subscription",
+                        backend=self.name,
+                        uri=uri,
+                        method=method,
+                        error=str(exc),
+                    )
 
     @property
     def cancels_by_closing(self) -> bool:
