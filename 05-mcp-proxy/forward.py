@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import structlog
+from calls import BackendError, Message, Relay, Timeouts
 from catalogue import Item, publish_links
-from link import BackendError, Message, Relay, Timeouts
 from mcp import MCPError
 from mcp.server import ServerRequestContext
 from mcp.shared.inbound import mcp_param_headers

@@ -10,20 +10,8 @@ from typing import Any
 import anyio
 import httpcore2
 from anyio.abc import TaskGroup
-from link import (
-    ENVELOPE,
-    MODERN,
-    PROTOCOL_VERSION,
-    BackendError,
-    Call,
-    Link,
-    LinkDown,
-    Message,
-    NotificationHandler,
-    Timeout,
-    encode,
-    log,
-)
+from calls import BackendError, Call, LinkDown, Message, NotificationHandler, Timeout
+from link import ENVELOPE, MODERN, PROTOCOL_VERSION, Link, encode, log
 from machine_auth import MachineAuthError, MachineToken
 from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from sockets import SocketBackend

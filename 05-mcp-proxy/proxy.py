@@ -20,8 +20,8 @@ from typing import get_args
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from calls import BackendError, LinkDown, Timeout, Timeouts
 from catalogue import Catalogue, Item, merge
-from link import BackendError, LinkDown, Timeout, Timeouts
 from mcp.server import ServerRequestContext
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus

@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
-from link import MODERN, Call, Link, LinkDown, Message, NotificationHandler, encode, log
+from calls import Call, LinkDown, Message, NotificationHandler
+from link import MODERN, Link, encode, log
 
 MAX_LINE = 16 * 1024 * 1024  # one JSON-RPC message over stdio
 STDERR_TAIL = 2000  # characters of a dead backend's last words kept for /readyz

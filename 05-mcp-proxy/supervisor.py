@@ -29,20 +29,9 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskGroup
+from calls import BackendError, Cut, LinkDown, LogRelay, Message, Progress, Relay, Timeout, Timeouts
 from http_link import HttpLink
-from link import (
-    PROTOCOL_VERSION,
-    BackendError,
-    Cut,
-    Link,
-    LinkDown,
-    LogRelay,
-    Message,
-    Progress,
-    Relay,
-    Timeout,
-    Timeouts,
-)
+from link import PROTOCOL_VERSION, Link
 from machine_auth import MachineToken
 from proxy_config import Backend
 from stdio_link import StdioLink
