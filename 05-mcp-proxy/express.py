@@ -1,5 +1,14 @@
 """The express lane: the one request a proxy serves most, forwarded without the SDK's per-request machinery.
 
+An optimisation, and only that: a reader may skip this file. Without it every
+call takes the SDK's path (handlers.py), with the same answers, only more
+slowly. Its parity with that path is what tests/test_05_express.py proves,
+request by request: `test_the_express_lane_answers_as_the_sdks_path_does`,
+`test_a_malformed_envelope_gets_the_sdks_answer`,
+`test_what_the_lane_must_not_take_gets_the_sdks_refusal`, and the tests
+beside them for a long call, a caller hanging up, and the call's count, log
+line and span.
+
 Most of what reaches a proxy is `tools/call`, and most calls need nothing
 but their answer: no progress, no log lines, no question for the user. For
 such a call in 2026-07-28 the SDK still builds models of the request, a
@@ -15,7 +24,7 @@ a tool of a backend spoken to in 2026-07-28, with no progress token, no log
 level, no `Mcp-Param-*` headers and no answers to earlier questions. Anything
 else, including every request that is wrong in some way, goes on to the SDK,
 which answers it, errors included, as it always does. The call itself goes
-through the same `call_backend_tool` as the SDK's handler, and makes the
+through the same `call_backend_tool` (forward.py) as the SDK's handler, and makes the
 same span and histogram point as the SDK's middleware would.
 """
 

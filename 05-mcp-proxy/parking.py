@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from links import BackendError, Message
+from calls import BackendError, Message
 
 ANSWER_PATIENCE = 600.0  # seconds a parked call waits for its caller to come back with the answer
 STATE_PREFIX = "mcp-proxy.parked."  # a requestState starting so is ours; any other is a backend's, passed on

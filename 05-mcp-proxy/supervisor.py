@@ -29,22 +29,12 @@ from typing import Any
 import anyio
 import structlog
 from anyio.abc import TaskGroup
-from links import (
-    PROTOCOL_VERSION,
-    BackendError,
-    HttpLink,
-    Link,
-    LinkDown,
-    LogRelay,
-    Message,
-    Progress,
-    Relay,
-    StdioLink,
-    Timeout,
-    Timeouts,
-)
+from calls import BackendError, Cut, LinkDown, LogRelay, Message, Progress, Relay, Timeout, Timeouts
+from http_link import HttpLink
+from link import PROTOCOL_VERSION, Link
 from machine_auth import MachineToken
 from proxy_config import Backend
+from stdio_link import StdioLink
 
 log = structlog.get_logger("mcp-proxy.supervisor")
 
@@ -288,6 +278,7 @@ class Connection:
         progress: Progress | None = None,
         relay: Relay | None = None,
         on_log: LogRelay | None = None,
+        on_cut: Cut | None = None,
         headers: Mapping[str, str] | None = None,
         pass_input_required: bool = False,
         capabilities: Mapping[str, Any] | None = None,
@@ -308,6 +299,7 @@ class Connection:
                     progress=progress,
                     relay=relay,
                     on_log=on_log,
+                    on_cut=on_cut,
                     timeouts=timeouts,
                     headers=headers,
                     pass_input_required=pass_input_required,

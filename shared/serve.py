@@ -54,6 +54,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from shared.config import Address, ServerConfig
 from shared.context import REQUEST_ID_HEADER, RequestContextMiddleware
 from shared.drain import CountRequests, InFlight, streams_ended_by_hand
+from shared.event_store import MemoryEventStore
 from shared.finite import refuse_non_finite
 from shared.sessions import SessionQuota
 from shared.stdio import serve_stdio_async
@@ -65,6 +66,7 @@ LOOPBACK_HOST_PATTERNS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names to warn about, not to bind
 SESSION_IDLE_SECONDS = 30 * 60  # the SDK's default, passed on so that SessionQuota counts by the same clock
 HEADER_TIMEOUT = 5.0  # seconds a client has to send a request's headers; a real one needs milliseconds
+RESUME_AFTER_MS = 1000  # a resumable server's SSE `retry`: how soon a client whose stream was cut comes back
 
 
 def mcp_url(addr: Address) -> str:
@@ -108,11 +110,15 @@ def build_http_app(
     *,
     routes: Sequence[BaseRoute] = (),
     middleware: Sequence[Middleware] = (),
+    resumable: bool = False,
 ) -> Starlette:
     """The Starlette app for one server start.
 
     Build a new one per start: the SDK's session manager behind it can run
-    only once.
+    only once. `resumable` keeps every SSE event in memory (shared/event_store.py),
+    so that a stream the server cuts mid-call can be resumed: for a server
+    whose calls can be cut under it (05, when a backend cuts its own), not
+    for one whose calls never are.
     """
     refuse_non_finite(mcp)
     security = transport_security(config)
@@ -122,6 +128,8 @@ def build_http_app(
         host=config.addr.host,
         max_sessions=config.max_sessions,
         session_idle_timeout=SESSION_IDLE_SECONDS,
+        event_store=MemoryEventStore() if resumable else None,
+        retry_interval=RESUME_AFTER_MS if resumable else None,
     )
 
     @contextlib.asynccontextmanager
@@ -352,13 +360,14 @@ def serve(
     *,
     routes: Sequence[BaseRoute] = (),
     middleware: Sequence[Middleware] = (),
+    resumable: bool = False,
 ) -> None:
     """Run `mcp` with the transport the config names. Blocks until the server stops."""
     if config.transport == "stdio":
         refuse_non_finite(mcp)
         anyio.run(serve_stdio_async, mcp, config.grace_seconds)
     else:
-        serve_http(build_http_app(mcp, config, routes=routes, middleware=middleware), config)
+        serve_http(build_http_app(mcp, config, routes=routes, middleware=middleware, resumable=resumable), config)
 
 
 def _prog() -> str:

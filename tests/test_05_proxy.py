@@ -30,7 +30,8 @@ from tests.harness import (
 
 FOLDER = "05-mcp-proxy"
 proxy_config = load_sibling(FOLDER, "proxy_config")
-links = load_sibling(FOLDER, "links")
+sse = load_sibling(FOLDER, "sse")
+sockets = load_sibling(FOLDER, "sockets")
 pins = load_sibling(FOLDER, "pins")
 
 pytestmark = pytest.mark.anyio
@@ -283,7 +284,7 @@ async def _events(chunks: list[bytes]) -> list[Any]:
         for chunk in chunks:
             yield chunk
 
-    return [message async for message in links.sse_messages(arriving())]
+    return [message async for message in sse.sse_messages(arriving())]
 
 
 async def test_an_event_stream_is_read_however_it_is_cut_and_whatever_ends_its_lines() -> None:
@@ -314,7 +315,7 @@ async def test_each_request_to_a_backend_leaves_in_one_write_and_arrives_whole()
 
     writes: list[int] = []
 
-    class CountingBackend(links.SocketBackend):  # type: ignore[misc, name-defined]
+    class CountingBackend(sockets.SocketBackend):  # type: ignore[misc, name-defined]
         async def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
             stream = await super().connect_tcp(*args, **kwargs)
             inner_write = stream.stream.write
@@ -326,7 +327,7 @@ async def test_each_request_to_a_backend_leaves_in_one_write_and_arrives_whole()
             stream.stream.write = write
             return stream
 
-    small, large = b'{"jsonrpc":"2.0"}', b"x" * (3 * links.SocketStream.WRITE_BATCH)
+    small, large = b'{"jsonrpc":"2.0"}', b"x" * (3 * sockets.SocketStream.WRITE_BATCH)
     async with serve_app(echo) as base, httpcore2.AsyncConnectionPool(network_backend=CountingBackend()) as pool:
         for body in (small, small):  # the second on the same kept-alive connection
             response = await pool.request("POST", base + "/", content=body)
