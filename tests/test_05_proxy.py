@@ -52,12 +52,15 @@ def test_reads_the_go_workshops_config_format(monkeypatch: pytest.MonkeyPatch) -
                     "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": "${GITHUB_TOKEN}"},
                     "options": {"toolFilter": {"mode": "block", "list": ["create_repository"]}},
                 },
-                "fetch": {"url": "http://127.0.0.1:1/mcp", "headers": {"X-Team": "a"},
-                          "options": {"toolFilter": {"mode": "allow", "list": ["fetch"]}}},
+                "fetch": {
+                    "url": "http://127.0.0.1:1/mcp",
+                    "headers": {"X-Team": "a"},
+                    "options": {"toolFilter": {"mode": "allow", "list": ["fetch"]}},
+                },
                 "off": {"command": "x", "disabled": True},
             },
         }
-    )  # fmt: skip
+    )
     github, fetch = config.backends
     assert (github.name, github.env["GITHUB_PERSONAL_ACCESS_TOKEN"], github.prefix) == (
         "github",
@@ -66,8 +69,11 @@ def test_reads_the_go_workshops_config_format(monkeypatch: pytest.MonkeyPatch) -
     )
     assert not github.offers("create_repository") and github.offers("search_code")
     assert (fetch.url, fetch.headers, fetch.offers("fetch"), fetch.offers("other")) == (
-        "http://127.0.0.1:1/mcp", {"X-Team": "a"}, True, False,
-    )  # fmt: skip
+        "http://127.0.0.1:1/mcp",
+        {"X-Team": "a"},
+        True,
+        False,
+    )
 
 
 def test_reads_claude_desktop_and_vscode_files_unchanged() -> None:
@@ -145,12 +151,15 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
     with ServerProcess("04-observability") as http_backend:
         config = {
             "mcpServers": {
-                "basic": {"command": sys.executable, "args": [str(REPO / "01-basic-mcp" / "server.py")],
-                          "options": {"toolFilter": {"mode": "block", "list": ["countdown"]}}},
+                "basic": {
+                    "command": sys.executable,
+                    "args": [str(REPO / "01-basic-mcp" / "server.py")],
+                    "options": {"toolFilter": {"mode": "block", "list": ["countdown"]}},
+                },
                 "traced": {"url": http_backend.url, "prefix": "t_"},
                 "gone": {"url": f"http://127.0.0.1:{free_port()}/mcp", "required": True},
             }
-        }  # fmt: skip
+        }
         path = tmp_path_factory.mktemp("proxy") / "config.json"
         path.write_text(json.dumps(config))
         with ServerProcess(FOLDER, "--config", str(path)) as proxy:
@@ -162,8 +171,14 @@ async def test_tools_of_every_live_backend_under_their_prefix(proxied: ServerPro
         names = [tool.name for tool in (await client.list_tools()).tools]
         via_stdio = await client.call_tool("basic__echo_message", {"message": "to 01"})
         via_http = await client.call_tool("t_add_numbers", {"num1": 1, "num2": 2})
-    assert names == ["basic__echo_message", "basic__add_numbers", "t_echo_message", "t_add_numbers",
-                     "t_divide_numbers", "t_simulate_crash"]  # fmt: skip
+    assert names == [
+        "basic__echo_message",
+        "basic__add_numbers",
+        "t_echo_message",
+        "t_add_numbers",
+        "t_divide_numbers",
+        "t_simulate_crash",
+    ]
     assert via_stdio.content[0].text == "Echo: to 01"  # type: ignore[union-attr]
     assert via_http.structured_content == {"result": 3}
 
@@ -195,8 +210,9 @@ async def test_stdio_backends_do_not_hold_the_proxys_listening_socket(proxied: S
     inode = listening_socket_inode(int(proxied.url.rsplit(":", 1)[1].split("/")[0]))
     backends = children_of(proxied.proc.pid)
     assert backends, "the stdio backend is a child of the proxy"
-    held = {pid for pid in backends for fd in Path(f"/proc/{pid}/fd").iterdir()
-            if os.readlink(fd) == f"socket:[{inode}]"}  # fmt: skip
+    held = {
+        pid for pid in backends for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd) == f"socket:[{inode}]"
+    }
     assert held == set()
 
 

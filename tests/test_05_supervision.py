@@ -328,16 +328,22 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
     # server, and "m" is told to speak 2026-07-28 over stdio.
     with (
         http_backend() as over_http,
-        proxy_for(tmp_path, {
-            "s": stdio_backend(),
-            "h": {"url": over_http.url},
-            "old": {"url": over_http.url, "protocolVersion": "2025-11-25"},
-            "m": stdio_backend(protocolVersion="2026-07-28"),
-        }) as proxy,
-    ):  # fmt: skip
+        proxy_for(
+            tmp_path,
+            {
+                "s": stdio_backend(),
+                "h": {"url": over_http.url},
+                "old": {"url": over_http.url, "protocolVersion": "2025-11-25"},
+                "m": stdio_backend(protocolVersion="2026-07-28"),
+            },
+        ) as proxy,
+    ):
         assert {name: b["protocol"] for name, b in readyz(proxy).items()} == {
-            "s": "2025-11-25", "h": "2026-07-28", "old": "2025-11-25", "m": "2026-07-28"
-        }  # fmt: skip
+            "s": "2025-11-25",
+            "h": "2026-07-28",
+            "old": "2025-11-25",
+            "m": "2026-07-28",
+        }
         async with http_client(proxy.url) as client:
             for server in ("s", "h", "old", "m"):
                 seen: list[tuple[float, float | None, str | None]] = []
@@ -375,10 +381,13 @@ async def test_progress_cancellation_and_questions_reach_the_client_that_called(
             async with (
                 httpx2.AsyncClient(timeout=HTTP_TIMEOUT) as http,
                 Client(
-                    streamable_http_client(proxy.url, http_client=http), mode=mode, elicitation_callback=answer,
-                    logging_callback=on_log, log_level="info",  # 2026-07-28: log lines come only when asked for
+                    streamable_http_client(proxy.url, http_client=http),
+                    mode=mode,
+                    elicitation_callback=answer,
+                    logging_callback=on_log,
+                    log_level="info",  # 2026-07-28: log lines come only when asked for
                 ) as caller,
-            ):  # fmt: skip
+            ):
                 # A backend's log line about a call reaches the client that made the call, in either era.
                 for server in ("s", "h", "old", "m"):
                     assert text(await caller.call_tool(f"{server}__chatty", {})) == "said"
@@ -584,8 +593,12 @@ async def test_tokens_open_only_their_backends_and_authorization_is_forwarded_on
     tmp_path: Path,
 ) -> None:
     scoped, full = remember_secret("proxy-token-for-a-only"), remember_secret("proxy-token-for-everything")
-    with proxy_for(tmp_path, {"a": stdio_backend(), "b": stdio_backend()}, env={"T_A": scoped, "T_ALL": full},
-                   authTokens=[{"token": "${T_A}", "servers": ["a"]}, "${T_ALL}"]) as proxy:  # fmt: skip
+    with proxy_for(
+        tmp_path,
+        {"a": stdio_backend(), "b": stdio_backend()},
+        env={"T_A": scoped, "T_ALL": full},
+        authTokens=[{"token": "${T_A}", "servers": ["a"]}, "${T_ALL}"],
+    ) as proxy:
         async with http_client(proxy.url, headers={"authorization": f"Bearer {scoped}"}) as client:
             assert {name.split("__")[0] for name in await tool_names(client)} == {"a"}
             with pytest.raises(MCPError) as raised:
@@ -634,9 +647,11 @@ async def test_a_protected_backend_gets_the_proxys_own_token_not_the_callers(tmp
             assert who is not None
             assert (who["client_id"], who["aud"], who["iss"]) == ("workshop-machine", url, issuer.url)
             assert readyz(proxy)["o"]["state"] == "up"
-        for changed, secret in (({}, "not-the-secret"),
-                                # The secret goes to no other authorization server than the one configured.
-                                ({"issuer": "http://127.0.0.1:9"}, MACHINE_SECRET)):  # fmt: skip
+        for changed, secret in (
+            ({}, "not-the-secret"),
+            # The secret goes to no other authorization server than the one configured.
+            ({"issuer": "http://127.0.0.1:9"}, MACHINE_SECRET),
+        ):
             servers = {"o": {"url": url, "oauth": {**oauth, **changed}}}
             with proxy_for(tmp_path, servers, env={"MACHINE_CLIENT_SECRET": secret}) as proxy:
                 error = await eventually(lambda: readyz(proxy)["o"]["error"])
@@ -648,8 +663,12 @@ async def test_a_protected_backend_gets_the_proxys_own_token_not_the_callers(tmp
 
 async def test_the_official_everything_server_behind_the_proxy(tmp_path: Path) -> None:
     node_dir = str(Path(sys.executable).parent)  # the Node 22 the dev extras install
-    everything = {"command": str(NODE_BIN / "mcp-server-everything"), "args": ["stdio"],
-                  "env": {"PATH": f"{node_dir}:/usr/bin:/bin"}, "prefix": "ev_"}  # fmt: skip
+    everything = {
+        "command": str(NODE_BIN / "mcp-server-everything"),
+        "args": ["stdio"],
+        "env": {"PATH": f"{node_dir}:/usr/bin:/bin"},
+        "prefix": "ev_",
+    }
     with proxy_for(tmp_path, {"everything": everything}) as proxy:
         async with http_client(proxy.url) as client:
             names = await tool_names(client)
