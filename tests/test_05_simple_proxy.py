@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -12,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.types import CONNECTION_CLOSED
 
 from tests.harness import REPO, START_TIMEOUT, ServerProcess, http_client, load_server, stdio_params
 
@@ -112,6 +115,21 @@ async def test_an_unknown_tool_is_the_specs_protocol_error(proxy: Client) -> Non
     assert (await proxy.call_tool("local__echo_message", {"message": "still up"})).structured_content == {
         "result": "Echo: still up"
     }
+
+
+async def test_a_stdio_backend_that_exits_fails_its_own_calls_only(config_file: Path) -> None:
+    with ServerProcess(FOLDER, "--config", str(config_file), script=SCRIPT) as proxy:
+        assert proxy.proc is not None
+        children = Path(f"/proc/{proxy.proc.pid}/task/{proxy.proc.pid}/children").read_text().split()
+        assert len(children) == 1  # the stdio backend; the HTTP one runs on its own
+        async with http_client(proxy.url) as client:
+            await client.list_tools()
+            os.kill(int(children[0]), signal.SIGKILL)
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("local__echo_message", {"message": "gone"})
+            assert raised.value.error.code == CONNECTION_CLOSED  # the SDK client's own error, passed on
+            answer = await client.call_tool("remote__echo_message", {"message": "still here"})
+    assert answer.structured_content == {"result": "Echo: still here"}
 
 
 async def test_with_no_backends_it_answers_as_every_module_does() -> None:
