@@ -203,3 +203,33 @@ def test_performance_figures_live_in_bench_readme() -> None:
         if path.parent.name != "bench":
             found = FIGURE.findall(path.read_text())
             assert not found, f"{path.relative_to(REPO)} quotes {found}: move the figures to bench/README.md"
+
+
+MODULE_READMES = sorted(REPO.glob("0*-*/README.md"))
+ORDER_ROW = re.compile(r"^\| *(\d+) *\| *`([^`]+)` *\|([^|]+)\| *(\d+) *\|$")
+
+
+def reading_order(readme: Path) -> list[str]:
+    """The files of a README's "Read it in this order" table, first to last."""
+    sections = re.split(r"^## ", readme.read_text(), flags=re.MULTILINE)
+    titles = [section.partition("\n")[0] for section in sections]
+    assert "Read it in this order" in titles, f"{readme} has no '## Read it in this order' section"
+    index = titles.index("Read it in this order")
+    assert titles[index - 1] == "What you learn", f"{readme}: the reading order comes right after 'What you learn'"
+    rows = [ORDER_ROW.match(line) for line in sections[index].splitlines() if line.startswith("| ")]
+    found = [row for row in rows if row]
+    assert [int(row[1]) for row in found] == list(range(1, len(found) + 1)), f"{readme}: rows are numbered 1, 2, …"
+    assert len(found) == len(rows) - 1, f"{readme}: every row is `| n | `file` | its one job | minutes |`"
+    return [row[2] for row in found]
+
+
+@pytest.mark.parametrize("readme", MODULE_READMES, ids=lambda p: p.parent.name)
+def test_every_module_readme_gives_a_reading_order_of_its_files(readme: Path) -> None:
+    """Each listed file exists, and every Python file of the module is listed: nothing to read is left out."""
+    folder = readme.parent
+    listed = reading_order(readme)
+    assert all((folder / name).is_file() for name in listed), f"{readme} lists a file that does not exist: {listed}"
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=folder, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert set(tracked) <= set(listed), f"{readme} leaves out {sorted(set(tracked) - set(listed))}"
