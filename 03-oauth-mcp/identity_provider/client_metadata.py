@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx2
+
 from identity_provider.oauth_store import Client, is_loopback_or_https
 
 MAX_BYTES = 5 * 1024
