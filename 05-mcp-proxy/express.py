@@ -39,6 +39,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import anyio
+from catalogue import Item
 from mcp import MCPError
 from mcp.server.streamable_http import check_accept_headers
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
@@ -81,7 +82,6 @@ SSE_HEADERS = [
 ]
 PLAIN_PARAMS = frozenset({"name", "arguments", "_meta"})  # anything more (answers to questions...) is the SDK's
 
-Item = Any  # whatever `route` finds a tool as, for `call` to make the call with
 Route = Callable[[str, Scope], Item | None]  # the tool by its public name, if the express lane may take it
 Call = Callable[[Item, Mapping[str, Any], Mapping[str, Any], Request], Awaitable[dict[str, Any]]]
 
