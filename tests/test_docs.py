@@ -233,3 +233,11 @@ def test_every_module_readme_gives_a_reading_order_of_its_files(readme: Path) ->
         ["git", "ls-files", "*.py"], cwd=folder, capture_output=True, text=True, check=True
     ).stdout.split()
     assert set(tracked) <= set(listed), f"{readme} leaves out {sorted(set(tracked) - set(listed))}"
+
+
+def test_no_formatter_escape_hatches() -> None:
+    """ruff formats every line: a reader never meets lines packed by hand behind a formatter escape comment."""
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    marker = "# fmt" + ": "  # split, so that this file does not find itself
+    found = [path for path in tracked.split() if marker in (REPO / path).read_text()]
+    assert not found, f"{found} use {marker}skip or {marker}off"
