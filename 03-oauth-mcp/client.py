@@ -155,7 +155,11 @@ class LoopbackCallback:
     async def callback(self, request: Request) -> HTMLResponse:
         params = request.query_params
         if "code" in params:
-            self.result = AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=params.get("iss"))
+            # Who issued the code (RFC 9207): the SDK refuses it unless that is the server it sent the browser to.
+            # lab 03-mix-up: begin, starter: issuer = None
+            issuer = params.get("iss")
+            # lab 03-mix-up: end
+            self.result = AuthorizationCodeResult(code=params["code"], state=params.get("state"), iss=issuer)
         self.arrived.set()
         message = "Signed in. You can close this tab." if self.result else f"Not signed in: {params.get('error')}."
         return HTMLResponse(f"<!doctype html><title>MCP workshop</title><p>{message}</p>")

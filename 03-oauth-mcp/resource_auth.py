@@ -103,6 +103,7 @@ class JwtVerifier(TokenVerifier):
 
     async def check(self, token: str) -> AccessToken | None:
         try:
+            # lab 03-audience: begin, starter: decoded = jwt.decode(token, await self.key_set(None), ["RS256"])
             header = extract_compact(token.encode()).headers()
             if header.get("typ") != "at+jwt":  # not an ID token, not some other JWT
                 return None
@@ -114,6 +115,7 @@ class JwtVerifier(TokenVerifier):
                 exp={"essential": True},
                 sub={"essential": True},
             ).validate(decoded.claims)
+            # lab 03-audience: end
         except (JoseError, ValueError, httpx2.HTTPError) as exc:
             log.info("token refused", reason=type(exc).__name__)
             return None
@@ -138,7 +140,10 @@ class IntrospectionVerifier(TokenVerifier):
         except (httpx2.HTTPError, ValueError) as exc:
             log.warning("introspection failed", reason=type(exc).__name__)
             return None
-        if not claims.get("active") or claims.get("iss") != self.issuer or claims.get("aud") != self.resource:
+        # lab 03-audience: begin, starter: ours = claims.get("iss") == self.issuer
+        ours = claims.get("iss") == self.issuer and claims.get("aud") == self.resource
+        # lab 03-audience: end
+        if not claims.get("active") or not ours:  # an inactive token's answer carries nothing else
             return None
         return access_token(token, claims, self.resource)
 
@@ -264,11 +269,13 @@ class ScopeGate:
         # An `Mcp-Name` header that names another tool than the body can only ask for more scope, never less.
         named = {decode_header_value(value) or value for value in Headers(scope=scope).getlist(MCP_NAME_HEADER)}
         needed = [s for name in sorted(called_tools(body) | named) for s in self.tool_scopes.get(name, [])]
+        # lab 03-audience: begin
         if not set(needed) <= granted:
             wanted = list(dict.fromkeys([self.base_scope, *needed]))
             refusal = self.challenge(403, "insufficient_scope", wanted, f"this tool needs {' '.join(wanted)}")
             await refusal(scope, replay, send)
             return
+        # lab 03-audience: end
         await self.app(scope, replay, send)
 
     def challenge(self, status: int, error: str | None, scopes: list[str], description: str) -> Response:

@@ -37,7 +37,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     check.add_argument("--folder", type=Path, help="check this copy of the module instead (e.g. the module itself)")
     attack = commands.add_parser("attack", help="run an attack lab's attack against your copy")
     attack.add_argument("lab")
-    attack.add_argument("--defence", choices=["on", "off"], default="on", help="off: 02 in passthrough, pinning off")
+    off = "off: 02 in passthrough, 03's client without the lab's line, pinning off"
+    attack.add_argument("--defence", choices=["on", "off"], default="on", help=off)
     attack.add_argument("--workspace", type=Path, default=workspace.WORKSPACE)
     attack.add_argument("--folder", type=Path, help="attack this copy of the module instead")
     return parser.parse_args(argv)
@@ -79,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "check":
         print(f"PASS {lab.name}: {anyio.run(timed_check, lab, copy_to_use(lab, args))}")
     elif lab.attack is None:
-        raise KeyError(f"{lab.name} has no attack: the attack labs are 02-replay and 05-rug-pull")
+        attacks = ", ".join(each.name for each in LABS if each.attack)
+        raise KeyError(f"{lab.name} has no attack: the attack labs are {attacks}")
     else:
         print("\n".join(anyio.run(lab.attack, copy_to_use(lab, args), args.defence == "on")))
     return 0

@@ -50,6 +50,23 @@ LABS = (
         checks.attack_02_replay,
     ),
     Lab(
+        "03-audience",
+        "03-oauth-mcp",
+        ("resource_auth.py",),
+        10,
+        "a token for another resource gets 401; a tool needing more scope gets a 403 step-up naming it",
+        checks.check_03_audience,
+    ),
+    Lab(
+        "03-mix-up",
+        "03-oauth-mcp",
+        ("client.py",),
+        15,
+        "an evil authorization server redeems the code the real one issued; the client's `iss` check stops it",
+        checks.check_03_mix_up,
+        checks.attack_03_mix_up,
+    ),
+    Lab(
         "04-telemetry",
         "04-observability",
         ("server.py",),
@@ -65,6 +82,14 @@ LABS = (
         "a backend changes a tool and renames one behind the proxy; pinning stops both",
         checks.check_05_rug_pull,
         checks.attack_05_rug_pull,
+    ),
+    Lab(
+        "05-backend",
+        "05-mcp-proxy",
+        ("lab_backend.py",),
+        10,
+        "a backend of your own behind the proxy, its tools under a prefix, one of them filtered out",
+        checks.check_05_backend,
     ),
 )
 

@@ -2,30 +2,48 @@
 
 Every check takes the folder of a copy of the module (the attendee's, under my-labs/, or the module itself)
 and either returns one line saying what works, or raises `Missing` with one line saying what is still
-missing or wrong. The attack labs (02-replay, 05-rug-pull) run their attack here too: `labs attack` prints
+missing or wrong. The attack labs (02-replay, 03-mix-up, 05-rug-pull) run their attack here too: `labs attack` prints
 the story, `labs check` wants the attack stopped.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import importlib.util
 import json
 import re
+import secrets
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import httpx2
 from mcp import Client, MCPError
 from mcp_types import CallToolResult, TextContent, TextResourceContents, Tool
 
+from labs import mix_up, regions
 from shared import Secret
-from tests.harness import REPO, ServerProcess, http_client, parse_json_line, remember_secret
+from tests.harness import (
+    INITIALIZE,
+    REPO,
+    ServerProcess,
+    free_port,
+    http_client,
+    parse_json_line,
+    remember_secret,
+    serve_app,
+    server_env,
+)
 
 CHECK_TIMEOUT = 60.0  # seconds for a whole check: a server that hangs is a failure, not a wait
 CHANGE_TIMEOUT = 10.0  # seconds the proxy gets to notice that a backend changed its tools
@@ -57,10 +75,10 @@ def one_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def running(folder: Path, *args: str) -> Iterator[ServerProcess]:
+def running(folder: Path, *args: str, env: Mapping[str, str] | None = None) -> Iterator[ServerProcess]:
     """The copy's server.py over HTTP on a free port; one line, not a traceback, if it will not start."""
     try:  # the folder is absolute, so the harness's `REPO / folder` is the copy itself
-        server = ServerProcess(str(folder), *args).start()
+        server = ServerProcess(str(folder), *args, env=env).start()
     except RuntimeError as exc:
         raise Missing(f"the server does not start: {one_line(exc)}") from None
     try:
@@ -218,6 +236,195 @@ async def check_02_replay(folder: Path) -> str:
     return f"the stolen token is refused; alice's own call reaches the upstream as {reply.get('caller_seen')}"
 
 
+# --- 03-audience: a token for another resource is refused; a tool that needs more scope answers 403 -------------
+
+OAUTH_MODULE = "03-oauth-mcp"  # its authorization server runs from the module itself: the lab's lines are elsewhere
+REQUIRED_SCOPE = "mcp:read"  # what every call to 03 needs, and all a client-credentials token gets
+ADMIN_TOOL, ADMIN_SCOPE = "list_oauth_clients", "mcp:admin"  # 03's TOOL_SCOPES
+CALLBACK = "http://127.0.0.1:3000/callback"  # the consent's redirect; nothing listens there, the check reads it
+
+
+@dataclass(frozen=True)
+class OAuthSecrets:
+    """Fresh for every check, so that nothing an attendee runs by hand can answer for the check's servers."""
+
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    machine: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    server: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DEMO_PASSWORD": self.password,
+            "MACHINE_CLIENT_SECRET": self.machine,
+            "MCP_SERVER_CLIENT_SECRET": self.server,
+        }
+
+
+def machine_token(issuer: str, resource: str, keys: OAuthSecrets) -> str:
+    """A client-credentials token for `resource`: the quickest token there is, with the machine's scope (mcp:read)."""
+    form = {"grant_type": "client_credentials", "resource": resource}
+    response = httpx2.post(f"{issuer}/token", data=form, auth=("workshop-machine", keys.machine))
+    response.raise_for_status()
+    return remember_secret(response.json()["access_token"])
+
+
+def admin_token(issuer: str, resource: str, keys: OAuthSecrets) -> str:
+    """A person's token with mcp:admin: register, consent as the demo user, trade the code (PKCE) for the token."""
+    client = {"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none", "client_name": "03-audience lab"}
+    client_id = httpx2.post(f"{issuer}/register", json=client).raise_for_status().json()["client_id"]
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    asked = {"response_type": "code", "client_id": client_id, "redirect_uri": CALLBACK, "state": "lab"}
+    asked |= {"code_challenge": challenge, "code_challenge_method": "S256", "resource": resource}
+    page = httpx2.get(f"{issuer}/authorize", params={**asked, "scope": f"{REQUIRED_SCOPE} {ADMIN_SCOPE}"}).text
+    answer = dict(re.findall(r'name="(request_id|csrf)" value="([^"]+)"', page))
+    answer |= {"username": "demo", "password": keys.password, "decision": "allow"}
+    consented = httpx2.post(f"{issuer}/authorize", data=answer)
+    code = parse_qs(urlsplit(consented.headers["location"]).query)["code"][0]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK, "client_id": client_id}
+    form |= {"code_verifier": verifier, "resource": resource}
+    return remember_secret(httpx2.post(f"{issuer}/token", data=form).raise_for_status().json()["access_token"])
+
+
+def post_mcp(url: str, token: str, body: str) -> httpx2.Response:
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    return httpx2.post(url, content=body, headers={**headers, "authorization": f"Bearer {token}"})
+
+
+async def call_with(url: str, token: str, tool: str) -> CallToolResult:
+    async with http_client(url, headers={"Authorization": f"Bearer {token}"}) as client:
+        return await client.call_tool(tool, {})
+
+
+async def audience_kept(url: str, mode: str, foreign: str, right: str) -> None:
+    """A token issued for another resource gets 401; one issued for this server gets through."""
+    where = {"JWT": "JwtVerifier.check", "introspection": "IntrospectionVerifier.verify_token"}[mode]
+    if post_mcp(url, foreign, INITIALIZE).status_code != 401:
+        raise Missing(f"a token for another resource gets in ({mode}): {where} must require `aud` == self.resource")
+    try:
+        who = await call_with(url, right, "who_am_i")
+    except Exception as refused:  # the SDK's client raises on a 401: one line is what the attendee needs
+        raise Missing(f"a token issued for this server is refused ({mode}): {one_line(refused)}") from None
+    if who.is_error:
+        raise Missing(f"who_am_i fails with a token issued for this server ({mode}): {text_of(who)}")
+
+
+async def check_03_audience(folder: Path) -> str:
+    keys = OAuthSecrets()
+    jwt_port, introspect_port, other_port = free_port(), free_port(), free_port()
+    resource, introspected, other = (f"http://127.0.0.1:{port}/mcp" for port in (jwt_port, introspect_port, other_port))
+    resources = [arg for url in (resource, introspected, other) for arg in ("--resource", url)]
+    with ServerProcess(OAUTH_MODULE, *resources, env=keys.env(), script="authorization_server.py") as issuer:
+        served = ("--issuer", issuer.url, "--addr")
+        with (
+            running(folder, *served, f"127.0.0.1:{jwt_port}", env=keys.env()) as jwt_server,
+            running(folder, *served, f"127.0.0.1:{introspect_port}", "--introspect", env=keys.env()) as introspecting,
+        ):
+            right, foreign = machine_token(issuer.url, resource, keys), machine_token(issuer.url, other, keys)
+            await audience_kept(jwt_server.url, "JWT", foreign, right)
+            await audience_kept(
+                introspecting.url, "introspection", foreign, machine_token(issuer.url, introspected, keys)
+            )
+            call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": ADMIN_TOOL, "arguments": {}}}
+            refused = post_mcp(jwt_server.url, right, json.dumps(call))
+            challenge = refused.headers.get("www-authenticate", "")
+            if refused.status_code != 403 or 'error="insufficient_scope"' not in challenge:
+                raise Missing(
+                    f"{ADMIN_TOOL} without {ADMIN_SCOPE} gets HTTP {refused.status_code}, not 403 insufficient_scope: "
+                    "refuse it in ScopeGate.check_scopes, so that the client can step up"
+                )
+            asked = re.search(r'scope="([^"]*)"', challenge)
+            if asked is None or ADMIN_SCOPE not in asked[1].split():
+                raise Missing(f"the 403 for {ADMIN_TOOL} does not name {ADMIN_SCOPE} in its challenge's scope")
+            listed = await call_with(jwt_server.url, admin_token(issuer.url, resource, keys), ADMIN_TOOL)
+            if listed.is_error:
+                raise Missing(f"{ADMIN_TOOL} fails even with {ADMIN_SCOPE}: {text_of(listed)}")
+    return (
+        f"a token for another resource gets 401 (JWT and introspection), one without {ADMIN_SCOPE} gets 403 "
+        f"naming it, and the right tokens work"
+    )
+
+
+# --- 03-mix-up: an evil authorization server gets the code the real one issued (RFC 9207) ----------------------
+
+FAKE_BROWSER = REPO / "tests" / "fake_browser.py"  # signs in as the demo user, following redirects as a browser does
+CLIENT_TIMEOUT = 60.0  # seconds for one run of client.py, sign-in included
+
+
+def last_error(stderr: bytes) -> str:
+    """The exception client.py ended with, without its traceback or its module path."""
+    lines = [line.strip(" |+-") for line in stderr.decode(errors="replace").splitlines()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    if not errors:
+        return next((line for line in reversed(lines) if line), "nothing")
+    name, message = errors[-1].split(": ", 1)
+    return f"{name.rsplit('.', 1)[-1]}: {message}"
+
+
+async def sign_in_with(folder: Path, server_url: str, keys: OAuthSecrets) -> subprocess.CompletedProcess[bytes]:
+    """The copy's client.py signs the demo user in to `server_url` through a browser, with a token store of its own."""
+    with tempfile.TemporaryDirectory(prefix="lab-03-tokens-") as tokens:
+        env = {"MCP_WORKSHOP_TOKEN_DIR": tokens, "DEMO_PASSWORD": keys.password}
+        env["BROWSER"] = f"{sys.executable} {FAKE_BROWSER} %s"
+        with anyio.fail_after(CLIENT_TIMEOUT):
+            return await anyio.run_process(
+                [sys.executable, str(folder / "client.py"), server_url], env=server_env(env), check=False
+            )
+
+
+async def mix_up_03(folder: Path, defended: bool) -> tuple[bool, list[str]]:
+    """Whether the attacker got a token for the real MCP server with the user's code; and the story to print."""
+    keys = OAuthSecrets()
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with contextlib.ExitStack() as stack:
+        if not defended:  # the module's client without the lab's line, as the starter has it
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lab-03-mix-up-"))) / OAUTH_MODULE
+            shutil.copytree(REPO / OAUTH_MODULE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+            (folder / "client.py").write_text(regions.starter((folder / "client.py").read_text(), "03-mix-up"))
+        honest = stack.enter_context(
+            ServerProcess(OAUTH_MODULE, "--resource", resource, env=keys.env(), script="authorization_server.py")
+        )
+        real = stack.enter_context(ServerProcess(OAUTH_MODULE, "--addr", f"127.0.0.1:{port}", "--issuer", honest.url))
+        attacker = mix_up.Attacker(honest.url, resource)
+        async with serve_app(attacker.app()) as evil:
+            story = [
+                f"client.py ({'with' if defended else 'without'} the iss check) signs in to the attacker's MCP server "
+                f"{evil}/mcp; its authorization server sends the browser on to the real one, {honest.url}."
+            ]
+            done = await sign_in_with(folder, f"{evil}/mcp", keys)
+        if not attacker.loot:
+            story.append(f"ATTACK STOPPED: the attacker got no token; client.py ended with {last_error(done.stderr)}")
+            return False, story
+        who = await call_with(real.url, remember_secret(attacker.loot[0]), "who_am_i")
+    story.append("The real server sent the browser back to client.py with a code; client.py took the code and its")
+    story.append("PKCE verifier to the attacker's token endpoint, and the attacker redeemed both at the real server.")
+    caller = (who.structured_content or {}).get("sub")
+    story.append(f"ATTACK WORKED: the attacker calls the real MCP server's who_am_i, and it answers {caller!r}.")
+    return True, story
+
+
+async def attack_03_mix_up(folder: Path, defended: bool) -> list[str]:
+    return (await mix_up_03(folder, defended))[1]
+
+
+async def check_03_mix_up(folder: Path) -> str:
+    worked, _ = await mix_up_03(folder, defended=True)
+    if worked:
+        raise Missing("the mix-up still works: hand the SDK the `iss` of the authorization response")
+    keys = OAuthSecrets()
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    with (
+        ServerProcess(OAUTH_MODULE, "--resource", resource, env=keys.env(), script="authorization_server.py") as honest,
+        ServerProcess(OAUTH_MODULE, "--addr", f"127.0.0.1:{port}", "--issuer", honest.url) as real,
+    ):
+        done = await sign_in_with(folder, real.url, keys)
+    if done.returncode != 0 or json.loads(done.stdout or b"{}").get("sub") != "demo":
+        raise Missing(f"client.py no longer signs in to the real server: {last_error(done.stderr)}")
+    return "the attacker's authorization server gets no token, and signing in to the real server still works"
+
+
 # --- 04-telemetry: a span attribute and a metric of your own ----------------------------------------------------
 
 
@@ -334,3 +541,76 @@ async def check_05_rug_pull(folder: Path) -> str:
     if outcomes[1] == "worked":
         raise Missing("the rename still works: a tool a pinned backend did not offer before must not return []")
     return "a changed tool and a renamed one both wait for approval; the unchanged tools keep serving"
+
+
+# --- 05-backend: a backend of your own behind the proxy, with a prefix and a tool filter --------------------------
+
+LAB_BACKEND = "lab_backend.py"
+LAB_BACKEND_NAME = "mine"  # its name in the check's configuration: the proxy's default prefix is `mine__`
+OPERATORS_TOOL = "reset_everything"  # what lab_backend.py offers that no client may see or call
+SAMPLE_ARGUMENT = {"string": "hello", "integer": 2, "number": 2.5, "boolean": True}
+
+
+READ_ENTRY = "import json, runpy, sys; print(json.dumps(runpy.run_path(sys.argv[1]).get('PROXY_ENTRY')))"
+
+
+def proxy_entry(folder: Path) -> Mapping[str, object]:
+    """The copy's PROXY_ENTRY, read in a process of its own: building an MCP server sets up that process's logging."""
+    read = subprocess.run(
+        [sys.executable, "-c", READ_ENTRY, str(folder / LAB_BACKEND)], capture_output=True, text=True, check=False
+    )
+    if read.returncode != 0:
+        raise Missing(f"{LAB_BACKEND} does not load: {one_line(RuntimeError(read.stderr))}")
+    entry = json.loads(read.stdout)
+    if not isinstance(entry, dict):
+        raise Missing(f"{LAB_BACKEND} has no PROXY_ENTRY dict: the proxy's entry for it, e.g. {{'prefix': 'lab_'}}")
+    return entry
+
+
+def sample_arguments(tool: Tool) -> dict[str, object]:
+    """A value for each required argument of a simple type, so the check can call a tool it has never seen."""
+    properties = tool.input_schema.get("properties") or {}
+    arguments: dict[str, object] = {}
+    for name in tool.input_schema.get("required") or []:
+        kind = (properties.get(name) or {}).get("type")
+        if kind not in SAMPLE_ARGUMENT:
+            raise Missing(f"`{tool.name}` needs `{name}` of a type the check cannot make up: use text or numbers")
+        arguments[name] = SAMPLE_ARGUMENT[kind]
+    return arguments
+
+
+async def check_05_backend(folder: Path) -> str:
+    entry = proxy_entry(folder)
+    backend = {**entry, "command": sys.executable, "args": [str(folder / LAB_BACKEND)]}
+    with tempfile.TemporaryDirectory(prefix="lab-05-backend-") as scratch:
+        config = Path(scratch) / "proxy.json"
+        config.write_text(json.dumps({"mcpProxy": {}, "mcpServers": {LAB_BACKEND_NAME: backend}}))
+        with running(folder, "--config", str(config)) as proxy:
+            async with http_client(proxy.url) as client:
+                listed = await tools(client)
+                own = [name for name in listed if not name.endswith(OPERATORS_TOOL)]
+                if not own:
+                    raise Missing(
+                        f"no tool of your own behind the proxy yet: add one with `@mcp.tool()` in {LAB_BACKEND}"
+                    )
+                prefix = entry.get("prefix")
+                if not isinstance(prefix, str) or not prefix or prefix == f"{LAB_BACKEND_NAME}__":
+                    raise Missing(
+                        f'PROXY_ENTRY gives no prefix: the proxy serves `{own[0]}`; set "prefix", e.g. "lab_"'
+                    )
+                hidden = prefix + OPERATORS_TOOL
+                if hidden in listed:
+                    raise Missing(f'the proxy lists `{hidden}`: keep {OPERATORS_TOOL} out with a "toolFilter"')
+                try:
+                    called = not (await client.call_tool(hidden, {})).is_error
+                except MCPError:
+                    called = False
+                if called:
+                    raise Missing(f"`{hidden}` is not listed but still answers a call: filter it, do not only hide it")
+                tool = listed[own[0]]
+                result = await client.call_tool(tool.name, sample_arguments(tool))
+                if result.is_error:
+                    raise Missing(f"`{tool.name}` fails through the proxy: {text_of(result)}")
+    return (
+        f"your backend serves {', '.join(own)} through the proxy, and {OPERATORS_TOOL} is neither listed nor callable"
+    )

@@ -33,6 +33,8 @@ def start(lab: Lab, root: Path = WORKSPACE) -> Path:
         for path in sorted(source.glob(pattern)):
             if not path.name.endswith(".pins.json"):
                 shutil.copy2(path, target / path.name)
+    for package in sorted(source.glob("*/__init__.py")):  # 03's identity_provider, which its client.py imports
+        shutil.copytree(package.parent, target / package.parent.name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in lab.files:
         text = (source / name).read_text()
         if regions.count(text, lab.name) == 0:

@@ -22,8 +22,11 @@ STARTER_SAYS = {
     "01-tool": "no tool of your own yet: add an `async def` with `@mcp.tool()` in server.py",
     "02-fingerprint": "show_auth_token does not show the caller's fingerprint yet (it answered 'not written yet')",
     "02-replay": "the replay still works in safe mode: check the token is for this server, then call as itself",
+    "03-audience": "a token for another resource gets in (JWT): JwtVerifier.check must require `aud` == self.resource",
+    "03-mix-up": "the mix-up still works: hand the SDK the `iss` of the authorization response",
     "04-telemetry": "divide_numbers's span has no attribute of your own: set `workshop.…` on the current span",
     "05-rug-pull": "the rug pull still works: a tool whose sha256 differs from its pin must not return []",
+    "05-backend": "no tool of your own behind the proxy yet: add one with `@mcp.tool()` in lab_backend.py",
 }
 
 
