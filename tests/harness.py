@@ -44,6 +44,16 @@ NODE_BIN = REPO / "node_modules" / ".bin"
 # The SDK's own client defaults; a bare httpx2 client would time out after 5 s.
 HTTP_TIMEOUT = httpx2.Timeout(30, read=300)
 START_TIMEOUT = 20.0
+# Debian's Chromium, headless, as root, with nothing that reaches for the network this machine does not have.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 # Every credential a test hands to a server, and every stderr a test captured: at the end of the
 # session, conftest.py checks that no captured log line contains any of those credentials.

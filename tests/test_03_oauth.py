@@ -40,6 +40,8 @@ from shared import MemoryTokenStorage, Secret
 from shared.upstream import EMBEDDED_URL
 from tests.harness import (
     CAPTURED_LOGS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
     HTTP_TIMEOUT,
     INITIALIZE,
     REPO,
@@ -352,11 +354,9 @@ def test_no_token_gets_401_with_a_pointer_to_the_metadata(stack: Stack) -> None:
     assert (metadata["resource"], metadata["authorization_servers"]) == (stack.resource, [stack.issuer])
 
 
-def forge(stack: Stack) -> str:
-    """A token as an attacker would make one: every claim right, but signed with their own key."""
-    real_kid = str(KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json()).keys[0].kid)
-    signing = RSAKey.generate_key(2048, parameters={"kid": real_kid})
-    body = {
+def mallorys_claims(stack: Stack) -> dict[str, Any]:
+    """Every claim a token for this server needs, right: only the signature can give a forgery away."""
+    return {
         "iss": stack.issuer,
         "sub": "mallory",
         "aud": stack.resource,
@@ -364,7 +364,14 @@ def forge(stack: Stack) -> str:
         "scope": "mcp:read",
         "exp": 4102444800,
     }
-    return remember_secret(jwt.encode({"alg": "RS256", "typ": "at+jwt", "kid": real_kid}, body, signing))
+
+
+def forge(stack: Stack) -> str:
+    """A token as an attacker would make one: every claim right, but signed with their own key."""
+    real_kid = str(KeySet.import_key_set(httpx2.get(f"{stack.issuer}/jwks").json()).keys[0].kid)
+    signing = RSAKey.generate_key(2048, parameters={"kid": real_kid})
+    header = {"alg": "RS256", "typ": "at+jwt", "kid": real_kid}
+    return remember_secret(jwt.encode(header, mallorys_claims(stack), signing))
 
 
 def machine_token(stack: Stack, resource: str) -> str:
@@ -843,15 +850,8 @@ def b64url_json(data: dict[str, Any]) -> str:
 
 def unsigned(stack: Stack) -> str:
     """`alg: none`: a token that claims to need no signature at all."""
-    claims = {
-        "iss": stack.issuer,
-        "sub": "mallory",
-        "aud": stack.resource,
-        "client_id": "x",
-        "scope": "mcp:read",
-        "exp": 4102444800,
-    }
-    return remember_secret(f"{b64url_json({'alg': 'none', 'typ': 'at+jwt'})}.{b64url_json(claims)}.")
+    header = b64url_json({"alg": "none", "typ": "at+jwt"})
+    return remember_secret(f"{header}.{b64url_json(mallorys_claims(stack))}.")
 
 
 def test_an_unsigned_token_is_refused(stack: Stack) -> None:
@@ -1005,17 +1005,6 @@ def test_the_browser_inspector_may_call_what_it_needs(stack: Stack, server: str,
         base + path, headers={"origin": "http://evil.example", "access-control-request-method": method}
     )
     assert "access-control-allow-origin" not in foreign.headers
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def test_a_person_signs_in_with_a_real_browser(stack: Stack, tmp_path: Path) -> None:

@@ -31,17 +31,18 @@ import httpx2
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from tests.harness import CAPTURED_LOGS, REPO, START_TIMEOUT, ServerProcess, free_port, load_server, server_env
+from tests.harness import (
+    CAPTURED_LOGS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    START_TIMEOUT,
+    ServerProcess,
+    free_port,
+    load_server,
+    server_env,
+)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DEMO_PASSWORD = "demo-password-for-the-inspector-test"  # printed by the authorization server on purpose
 MACHINE_SECRET = "machine-secret-for-the-inspector-test"
 # As `make run` gives them: 03's MCP server authenticates as itself for list_oauth_clients.
